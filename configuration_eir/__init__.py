@@ -1,0 +1,5 @@
+"""EIR configuration."""
+
+from .configuration_eir import EIRConfig
+
+__all__ = ["EIRConfig"]
