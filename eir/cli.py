@@ -1,4 +1,4 @@
-"""The `eir` command: `eir train`, `eir evaluate` and `eir generate`."""
+"""The `eir` command: `eir train`, `eir evaluate`, `eir generate` and `eir push`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def _add_train_parser(subparsers) -> None:
         "num_beams": "beam width during validation",
         "limit_train_studies": "use only the first N training studies (smoke tests)",
         "limit_eval_studies": "use only the first N validation studies (smoke tests)",
+        "freeze_backbone": "keep the vision backbone fixed (no gradient, eval-mode batch norm): true or false",
+        "cache_backbone_features": "compute the frozen backbone's training-image features once and reuse them: true or false",
     }
     converters = {"int": int, "float": float, "bool": _parse_bool, "str": str, "int | None": int}
     for field in dataclasses.fields(TrainingSettings):
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_generate_parser(subparsers)
+    _add_push_parser(subparsers)
     return parser
 
 
@@ -244,6 +247,33 @@ def run_generate(args: argparse.Namespace) -> int:
     return 1 if failures == len(studies) else 0
 
 
+def _add_push_parser(subparsers) -> None:
+    from .hub import add_push_arguments
+
+    parser = subparsers.add_parser(
+        "push",
+        help="Prepare a model folder for the Hugging Face Hub and upload it when asked.",
+        description=(
+            "Write a Hub-ready copy of a model folder (weights, configs, processor, remote code and a model card "
+            "with the scores of `eir evaluate`), and upload it with HfApi.upload_folder when --repo-id is given "
+            "without --dry-run."
+        ),
+    )
+    add_push_arguments(parser)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from .hub import push_from_args
+
+    result = push_from_args(args)
+    print(f"Hub folder written to {result.folder}")
+    if result.commit_url is None:
+        print("Nothing uploaded (--dry-run or no --repo-id).")
+    else:
+        print(f"Uploaded to {args.repo_id}: {result.commit_url}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import eir  # noqa: F401  (registers the Auto classes)
 
-    handlers = {"train": run_train, "evaluate": run_evaluate, "generate": run_generate}
+    handlers = {"train": run_train, "evaluate": run_evaluate, "generate": run_generate, "push": run_push}
     return handlers[args.command](args)
 
 

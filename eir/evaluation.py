@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from .metrics import compute_report_metrics, format_metrics_table
 from .studies import StudyCollator, StudyDataset, model_inputs
 
 logger = logging.getLogger(__name__)
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process, in MiB (Linux reports `ru_maxrss` in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @torch.no_grad()
@@ -155,6 +161,7 @@ def evaluate_model(
         "systems": rows,
         "generation_time_s": round(generation_time, 1),
         "wall_time_s": round(time.perf_counter() - start_time, 1),
+        "peak_memory_mib": peak_memory_mib(),
         "model_dir": str(model_dir),
     }
     if output_dir is not None:

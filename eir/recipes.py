@@ -35,6 +35,11 @@ class TrainingSettings:
     num_beams: int = 1
     limit_train_studies: int | None = None
     limit_eval_studies: int | None = None
+    # Vision backbone: no gradient and eval-mode batch norm (running statistics) throughout.
+    freeze_backbone: bool = False
+    # Compute the frozen backbone's features of the training images once and read them back each
+    # epoch (under OUTPUT_DIR/feature_cache); needs freeze_backbone. Validation still reads pixels.
+    cache_backbone_features: bool = False
 
 
 @dataclass

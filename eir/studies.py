@@ -25,12 +25,21 @@ class StudyDataset(Dataset):
         records: study records as produced by the loaders in `eir.data`.
         processor: the processor whose image processor prepares the views.
         cache_images: keep preprocessed views in memory (as float16) after the first read.
+        feature_cache: a `eir.feature_cache.BackboneFeatureCache` of a frozen backbone. When set,
+            items carry `backbone_features` (V, C, h, w) instead of `pixel_values`.
     """
 
-    def __init__(self, records: Sequence[dict[str, Any]], processor: EIRProcessor, cache_images: bool = False):
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        processor: EIRProcessor,
+        cache_images: bool = False,
+        feature_cache: Any | None = None,
+    ):
         self.records = list(records)
         self.processor = processor
         self.cache_images = cache_images
+        self.feature_cache = feature_cache
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     def __len__(self) -> int:
@@ -55,14 +64,22 @@ class StudyDataset(Dataset):
             self._cache[index] = None if views is None else (views[0].to(torch.float16), views[1])
         return views
 
+    def _load_features(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        record = self.records[index]
+        features = self.feature_cache.study_features(list(record["image_paths"]))
+        if features is None:
+            logger.warning("No image of study %s could be read (%s); it is left out.", record["study_id"], record["image_paths"])
+        return features
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        views = self._load_views(index)
+        use_features = self.feature_cache is not None
+        views = self._load_features(index) if use_features else self._load_views(index)
         if views is None:
             return None
         record = self.records[index]
         return {
             "index": index,
-            "pixel_values": views[0].float(),
+            "backbone_features" if use_features else "pixel_values": views[0].float(),
             "pixel_mask": views[1],
             "history": record["history"],
             "report": record["report"],
@@ -81,13 +98,15 @@ class StudyCollator:
         items = [item for item in items if item is not None]
         if not items:
             return {}
-        max_views = max(item["pixel_values"].shape[0] for item in items)
-        channels, height, width = items[0]["pixel_values"].shape[1:]
+        # Cached backbone features (V, C, h, w) are padded like pixels (V, C, H, W).
+        view_key = "backbone_features" if "backbone_features" in items[0] else "pixel_values"
+        max_views = max(item[view_key].shape[0] for item in items)
+        channels, height, width = items[0][view_key].shape[1:]
         pixel_values = torch.zeros(len(items), max_views, channels, height, width)
         pixel_mask = torch.zeros(len(items), max_views, dtype=torch.long)
         for row, item in enumerate(items):
-            num_views = item["pixel_values"].shape[0]
-            pixel_values[row, :num_views] = item["pixel_values"]
+            num_views = item[view_key].shape[0]
+            pixel_values[row, :num_views] = item[view_key]
             pixel_mask[row, :num_views] = item["pixel_mask"]
 
         text = self.processor(
@@ -96,7 +115,7 @@ class StudyCollator:
         )
         batch = {
             "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
-            "pixel_values": pixel_values,
+            view_key: pixel_values,
             "pixel_mask": pixel_mask,
             "group_ids": torch.tensor([patient_group_id(item["patient_id"]) for item in items], dtype=torch.long),
         }
@@ -104,7 +123,9 @@ class StudyCollator:
         return batch
 
 
-MODEL_INPUT_KEYS = ("pixel_values", "pixel_mask", "history_input_ids", "history_attention_mask", "group_ids", "labels")
+MODEL_INPUT_KEYS = (
+    "pixel_values", "backbone_features", "pixel_mask", "history_input_ids", "history_attention_mask", "group_ids", "labels",
+)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], with_labels: bool = True) -> dict[str, torch.Tensor]:

@@ -28,9 +28,12 @@ from configuration_eir import EIRConfig
 from modeling_eir import EIRForReportGeneration
 from processing_eir import EIRImageProcessor, EIRProcessor, train_eir_tokenizer
 
+from .backbones import freeze_backbone, load_backbone_weights
 from .data import load_study_dataset
 from .data.splits import write_split_file
-from .evaluation import generate_reports
+from .evaluation import generate_reports, peak_memory_mib
+from .feature_cache import BackboneFeatureCache
+from .hub import save_with_remote_code
 from .knowledge import encode_findings
 from .metrics import compute_report_metrics
 from .recipes import Recipe
@@ -109,7 +112,9 @@ def refresh_retrieval_bank(
     for batch in bank_loader:
         if not batch:
             continue
-        study_embeds = unwrapped.encode_images(batch["pixel_values"], batch["pixel_mask"])
+        study_embeds = unwrapped.encode_images(
+            batch.get("pixel_values"), batch["pixel_mask"], backbone_features=batch.get("backbone_features")
+        )
         embeddings.append(accelerator.gather_for_metrics(study_embeds))
         indices.append(accelerator.gather_for_metrics(batch["index"]))
     unwrapped.train(was_training)
@@ -218,6 +223,18 @@ def train(
     config = build_config(recipe, processor)
     model = EIRForReportGeneration(config)
     model.generation_config = build_generation_config(recipe, config)
+    backbone = model.encoder.image_encoder.backbone
+    if config.vision_weights and resume_path is None:  # a resumed run restores the backbone from its checkpoint
+        weights_report = load_backbone_weights(backbone, config.vision_weights)
+        if accelerator.is_main_process:
+            (output_dir / "vision_weights_report.json").write_text(json.dumps(weights_report.to_dict(), indent=2))
+    if settings.cache_backbone_features and not settings.freeze_backbone:
+        raise ValueError(
+            "training.cache_backbone_features: expected freeze_backbone: true, got false. Cached features are only "
+            "valid for a backbone that does not change; set freeze_backbone: true or turn the cache off."
+        )
+    if settings.freeze_backbone:
+        freeze_backbone(backbone)
 
     entity_ids, entity_nodes = encode_findings(
         [record["report"] for record in train_records],
@@ -268,6 +285,19 @@ def train(
         accelerator.load_state(str(resume_path))
         logger.info("Resumed from %s after epoch %d.", resume_path, state["epoch"])
 
+    # The cache is keyed by the backbone weights, so it is filled after a resume restored them.
+    # Validation keeps reading pixels, because generation takes pixel_values.
+    if settings.cache_backbone_features:
+        feature_cache = BackboneFeatureCache(
+            accelerator.unwrap_model(model).encoder.image_encoder.backbone, processor.image_processor,
+            output_dir / "feature_cache", batch_size=settings.eval_batch_size,
+        )
+        if accelerator.is_main_process:
+            paths = [path for record in train_records for path in record["image_paths"]]
+            feature_cache.precompute(paths, show_progress=True)
+        accelerator.wait_for_everyone()
+        train_dataset.feature_cache = feature_cache
+
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     _print_summary(
         accelerator,
@@ -278,6 +308,9 @@ def train(
             ("model", f"EIR, {num_parameters / 1e6:.2f} M parameters, fusion={config.fusion}, "
                       f"views={config.view_aggregation}, knowledge graph={config.use_knowledge_graph}"),
             ("vision backbone", f"{config.vision_config.model_type} {getattr(config.vision_config, 'hidden_sizes', '')}"),
+            ("vision weights", f"{config.vision_weights or 'random initialisation'}; "
+                               f"{'frozen' if settings.freeze_backbone else 'trained'}"
+                               f"{', cached features' if settings.cache_backbone_features else ''}"),
             ("vocabulary", f"{config.vocab_size} SentencePiece pieces"),
             ("processes / device", f"{accelerator.num_processes} / {accelerator.device}"),
             ("mixed precision", settings.mixed_precision),
@@ -294,6 +327,8 @@ def train(
         refresh_retrieval_bank(model, bank_loader, train_records, entity_ids, entity_nodes, accelerator)
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         model.train()
+        if settings.freeze_backbone:
+            freeze_backbone(accelerator.unwrap_model(model).encoder.image_encoder.backbone)
         epoch_loss, epoch_batches = 0.0, 0
         progress = tqdm(train_loader, desc=f"epoch {epoch}/{settings.epochs}", disable=not accelerator.is_main_process)
         for batch in progress:
@@ -356,11 +391,15 @@ def train(
         "validation_studies": len(validation_dataset),
         "wall_time_s": round(time.perf_counter() - start_time, 1),
         "num_processes": accelerator.num_processes,
+        "peak_memory_mib": peak_memory_mib(),
         "settings": asdict(settings),
     }
     if accelerator.is_main_process:
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"Best model (epoch {state['best_epoch']}, {settings.selection_metric}) saved to {output_dir / 'model'}")
+        print(
+            f"Best model (epoch {state['best_epoch']}, {settings.selection_metric}) saved to {output_dir / 'model'}; "
+            f"training took {summary['wall_time_s']} s, peak memory {summary['peak_memory_mib']} MiB"
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -413,13 +452,13 @@ def save_model_folder(
 ) -> None:
     """Save weights (with the retrieval bank), config, generation config and processor to one folder.
 
+    The folder also carries the model-side code and `auto_map` entries (`eir.hub.save_with_remote_code`),
+    so it loads with `trust_remote_code=True` where the `eir` package is not installed.
     `training_data.json` records the data set and its loader options, so `eir evaluate` reloads
     the same splits.
     """
     if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+        save_with_remote_code(model, processor, folder)
         (folder / TRAINING_DATA_FILE).write_text(json.dumps({"dataset": dataset}, indent=2))
     accelerator.wait_for_everyone()
 

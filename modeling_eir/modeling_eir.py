@@ -323,7 +323,10 @@ class EIRImageEncoder(nn.Module):
 
     def encode_views(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Encode a flat batch of views (N, C, H, W) into tokens (N, h * w, hidden_size)."""
-        features = self.backbone(pixel_values=pixel_values).last_hidden_state
+        return self.project_backbone_features(self.backbone(pixel_values=pixel_values).last_hidden_state)
+
+    def project_backbone_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Turn backbone outputs (N, C, h, w) or (N, T, C) into position-coded tokens (N, h * w, hidden_size)."""
         if features.dim() == 4:  # (N, C, h, w) from a convolutional backbone
             _, _, height, width = features.shape
             tokens = features.flatten(2).transpose(1, 2)  # (N, h*w, C)
@@ -335,14 +338,25 @@ class EIRImageEncoder(nn.Module):
         return tokens + positions
 
     def forward(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+        self,
+        pixel_values: torch.Tensor | None,
+        pixel_mask: torch.Tensor,
+        backbone_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return image tokens (B, T, d), their mask (B, T) and a pooled embedding (B, d)."""
-        batch, num_views = pixel_values.shape[:2]
+        """Return image tokens (B, T, d), their mask (B, T) and a pooled embedding (B, d).
+
+        `backbone_features` (B, V, C, h, w), precomputed outputs of a frozen backbone, replace
+        the backbone when `pixel_values` is None.
+        """
+        views = pixel_values if pixel_values is not None else backbone_features
+        batch, num_views = views.shape[:2]
         view_is_real = pixel_mask.bool()  # (B, V)
 
         # 1. Encode only the real views.
-        real_tokens = self.encode_views(pixel_values[view_is_real])  # (N_real, P, d)
+        if pixel_values is not None:
+            real_tokens = self.encode_views(pixel_values[view_is_real])  # (N_real, P, d)
+        else:
+            real_tokens = self.project_backbone_features(backbone_features[view_is_real])  # (N_real, P, d)
         num_patches, hidden = real_tokens.shape[1:]
         view_tokens = real_tokens.new_zeros(batch, num_views, num_patches, hidden)
         view_tokens[view_is_real] = real_tokens  # (B, V, P, d)
@@ -368,7 +382,7 @@ class EIRImageEncoder(nn.Module):
             tokens = (view_tokens * weights[:, :, None, None]).sum(1)  # (B, P, d)
             token_mask = view_is_real.any(dim=1, keepdim=True).expand(batch, num_patches)
         else:  # concat
-            view_ids = torch.arange(num_views, device=pixel_values.device)
+            view_ids = torch.arange(num_views, device=views.device)
             view_tokens = view_tokens + self.view_embeddings(view_ids)[None, :, None, :]
             tokens = view_tokens.reshape(batch, num_views * num_patches, hidden)  # (B, V*P, d)
             token_mask = view_is_real[:, :, None].expand(batch, num_views, num_patches).reshape(batch, -1)
@@ -582,7 +596,7 @@ class EIREncoder(nn.Module):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         pixel_mask: torch.Tensor | None = None,
         history_input_ids: torch.Tensor | None = None,
         history_attention_mask: torch.Tensor | None = None,
@@ -590,17 +604,30 @@ class EIREncoder(nn.Module):
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        backbone_features: torch.Tensor | None = None,
         **kwargs,
     ) -> EIREncoderOutput:
-        # 1. Check the inputs.
-        if pixel_values.dim() == 4:  # (B, C, H, W): one view per study
-            pixel_values = pixel_values[:, None]
-        if pixel_values.dim() != 5:
-            raise ValueError(
-                f"pixel_values: expected shape (batch, views, channels, height, width), got {tuple(pixel_values.shape)}."
-            )
-        batch, num_views, channels = pixel_values.shape[:3]
-        if channels != self.config.num_image_channels:
+        # 1. Check the inputs. Precomputed backbone features stand in for the pixels when
+        # pixel_values is None.
+        if pixel_values is None:
+            if backbone_features is None:
+                raise ValueError("EIREncoder.forward: pass pixel_values, or backbone_features of a frozen backbone.")
+            if backbone_features.dim() != 5:
+                raise ValueError(
+                    "backbone_features: expected shape (batch, views, channels, height, width), got "
+                    f"{tuple(backbone_features.shape)}."
+                )
+            pixel_values_or_features = backbone_features
+        else:
+            if pixel_values.dim() == 4:  # (B, C, H, W): one view per study
+                pixel_values = pixel_values[:, None]
+            if pixel_values.dim() != 5:
+                raise ValueError(
+                    f"pixel_values: expected shape (batch, views, channels, height, width), got {tuple(pixel_values.shape)}."
+                )
+            pixel_values_or_features = pixel_values
+        batch, num_views, channels = pixel_values_or_features.shape[:3]
+        if pixel_values is not None and channels != self.config.num_image_channels:
             raise ValueError(
                 f"pixel_values: expected {self.config.num_image_channels} channels (vision_config.num_channels), got "
                 f"{channels}. Use the EIRImageProcessor saved with this model."
@@ -608,14 +635,14 @@ class EIREncoder(nn.Module):
         if num_views > self.config.max_views:
             raise ValueError(f"pixel_values: expected at most max_views={self.config.max_views} views, got {num_views}.")
         if pixel_mask is None:
-            pixel_mask = torch.ones(batch, num_views, dtype=torch.long, device=pixel_values.device)
+            pixel_mask = torch.ones(batch, num_views, dtype=torch.long, device=pixel_values_or_features.device)
         if pixel_mask.shape != (batch, num_views):
             raise ValueError(f"pixel_mask: expected shape {(batch, num_views)}, got {tuple(pixel_mask.shape)}.")
         if not bool(pixel_mask.bool().any(dim=1).all()):
             raise ValueError("pixel_mask: every study needs at least one real view; drop studies without images.")
 
         # 2. Image tokens and the pooled embedding used for retrieval.
-        image_tokens, memory_mask, image_embeds = self.image_encoder(pixel_values, pixel_mask)
+        image_tokens, memory_mask, image_embeds = self.image_encoder(pixel_values, pixel_mask, backbone_features)
 
         # 3. Metadata sources (skipped when the fusion ignores them).
         sources: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -713,6 +740,9 @@ class EIRForReportGeneration(EIRPreTrainedModel, GenerationMixin):
     Inputs (all produced by `EIRProcessor`):
         pixel_values (`torch.FloatTensor` of shape `(batch, views, channels, height, width)`)
         pixel_mask (`torch.LongTensor` of shape `(batch, views)`): 1 for real views.
+        backbone_features (`torch.FloatTensor` of shape `(batch, views, channels, h, w)`, *optional*):
+            precomputed outputs of a frozen vision backbone (`eir.feature_cache`), used instead of
+            `pixel_values` when those are None.
         history_input_ids, history_attention_mask (`torch.LongTensor` of shape `(batch, history_length)`):
             the clinical history.
         group_ids (`torch.LongTensor` of shape `(batch,)`, *optional*): patient ids hashed to
@@ -722,6 +752,10 @@ class EIRForReportGeneration(EIRPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
+    # `forward` takes **kwargs but ignores `num_items_in_batch`: the loss is a per-batch mean.
+    # Without this flag `Trainer` would assume the loss is already scaled for gradient
+    # accumulation and skip its own division by the accumulation steps.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: EIRConfig):
         super().__init__(config)
@@ -811,14 +845,18 @@ class EIRForReportGeneration(EIRPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        backbone_features: torch.Tensor | None = None,
         **kwargs,
     ) -> EIRReportGenerationOutput:
         # 1. Encode the study unless `generate()` already did.
         if encoder_outputs is None:
-            if pixel_values is None:
-                raise ValueError("EIRForReportGeneration.forward: pass pixel_values or encoder_outputs.")
+            if pixel_values is None and backbone_features is None:
+                raise ValueError(
+                    "EIRForReportGeneration.forward: pass pixel_values, backbone_features (B, V, C, h, w) or encoder_outputs."
+                )
             encoder_outputs = self.encoder(
                 pixel_values=pixel_values,
+                backbone_features=backbone_features,
                 pixel_mask=pixel_mask,
                 history_input_ids=history_input_ids,
                 history_attention_mask=history_attention_mask,
@@ -887,13 +925,24 @@ class EIRForReportGeneration(EIRPreTrainedModel, GenerationMixin):
         }
 
     @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Return the L2-normalised study embeddings (B, hidden_size) used for retrieval."""
-        if pixel_values.dim() == 4:
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor | None,
+        pixel_mask: torch.Tensor | None = None,
+        backbone_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the L2-normalised study embeddings (B, hidden_size) used for retrieval.
+
+        `backbone_features` (B, V, C, h, w) replace the backbone when `pixel_values` is None.
+        """
+        if pixel_values is not None and pixel_values.dim() == 4:
             pixel_values = pixel_values[:, None]
+        views = pixel_values if pixel_values is not None else backbone_features
+        if views is None:
+            raise ValueError("encode_images: pass pixel_values or backbone_features.")
         if pixel_mask is None:
-            pixel_mask = torch.ones(pixel_values.shape[:2], dtype=torch.long, device=pixel_values.device)
-        return self.encoder.image_encoder(pixel_values, pixel_mask)[2]
+            pixel_mask = torch.ones(views.shape[:2], dtype=torch.long, device=views.device)
+        return self.encoder.image_encoder(pixel_values, pixel_mask, backbone_features)[2]
 
 
 __all__ = ["EIRForReportGeneration", "EIRPreTrainedModel", "EIREncoderOutput", "EIRReportGenerationOutput"]

@@ -62,7 +62,7 @@ def evaluated_model_dir(tmp_path_factory, trained_model_dir, data_root) -> Path:
 
     The metrics come from `eir.evaluation.evaluate_model`, the function behind `eir evaluate`, on
     the first 6 test and 24 training studies, greedy decoding of 10 tokens and no METEOR (about
-    10 s on 2 CPU cores). Returns the model folder; its parent holds the evaluation files.
+    10 s on 2 CPU cores). Returns the model folder; its parent contains the evaluation files.
     """
     import shutil
 

@@ -1,0 +1,214 @@
+"""Training and evaluating EIR with the Hugging Face `Seq2SeqTrainer`.
+
+`EIRDataCollator` turns study rows into model inputs: study records from the loaders in
+`eir.data` (plain dicts or a `datasets.Dataset`), rows of `eir.data.hf_datasets.to_image_dataset`
+with decoded images, or items of `eir.studies.StudyDataset`. It loads the images itself, so the
+trainer must keep the text and path columns: pass `remove_unused_columns=False` in the training
+arguments. `build_compute_metrics` scores generated reports with `eir.metrics.compute_report_metrics`.
+
+The retrieval bank of the knowledge graph stays as loaded during a `Trainer` run. `eir.training`
+refreshes it every epoch, which the `Trainer` loop does not do.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import EvalPrediction, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+from processing_eir import EIRProcessor, patient_group_id
+
+from .metrics import compute_report_metrics
+
+logger = logging.getLogger(__name__)
+
+# Columns the collator reads; any other column of a row is ignored.
+IMAGE_COLUMNS: tuple[str, ...] = ("pixel_values", "images", "image_paths")
+
+
+def _row_views(row: Mapping[str, Any]) -> tuple[str, Any]:
+    """Return which image column a row has and its views, in the order of `IMAGE_COLUMNS`."""
+    for column in IMAGE_COLUMNS:
+        if row.get(column) is not None:
+            return column, row[column]
+    raise ValueError(
+        f"Study row {row.get('study_id', '<no study_id>')!r} has none of the image columns {list(IMAGE_COLUMNS)}; "
+        f"got the columns {sorted(row)}. With `Trainer`, pass remove_unused_columns=False so the columns reach the collator."
+    )
+
+
+def _as_image_source(view: Any) -> Any:
+    """Turn an undecoded `datasets.Image` value (`{"bytes", "path"}`) into something `load_radiograph` reads."""
+    if isinstance(view, Mapping):
+        if view.get("bytes"):
+            return Image.open(io.BytesIO(view["bytes"]))
+        if view.get("path"):
+            return view["path"]
+        raise ValueError(f"Image value {view!r} has neither bytes nor a path.")
+    return view
+
+
+class EIRDataCollator:
+    """Batch study rows for `Trainer` and `Seq2SeqTrainer`.
+
+    Each row needs `history`, `report` (only when `with_labels`), `patient_id` (optional; becomes
+    `group_ids`, so retrieval skips the patient's own reports) and one image column, searched in
+    this order:
+
+    - `pixel_values` (V, C, H, W) with `pixel_mask` (V,), as `eir.studies.StudyDataset` yields;
+    - `images`, a list of views as PIL images or undecoded `datasets.Image` dicts;
+    - `image_paths`, a list of image files, as the study records of `eir.data` hold.
+
+    Views that cannot be read are masked out with a warning. A study without any readable view is
+    dropped from the batch with a warning, because the model needs one real view per study. The
+    rows of one batch may use different image columns only if none of them is `pixel_values`.
+
+    Args:
+        processor: the processor saved with the model.
+        with_labels: tokenise `report` into `labels`. Set False for generation only.
+    """
+
+    def __init__(self, processor: EIRProcessor, with_labels: bool = True):
+        self.processor = processor
+        self.with_labels = with_labels
+
+    def _pixels_from_tensors(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        views = [torch.as_tensor(np.asarray(row["pixel_values"]), dtype=torch.float32) for row in rows]
+        masks = [torch.as_tensor(np.asarray(row["pixel_mask"]), dtype=torch.long) for row in rows]
+        max_views = max(view.shape[0] for view in views)
+        channels, height, width = views[0].shape[1:]
+        pixel_values = torch.zeros(len(rows), max_views, channels, height, width)  # (B, V, C, H, W)
+        pixel_mask = torch.zeros(len(rows), max_views, dtype=torch.long)  # (B, V)
+        for index, (view, mask) in enumerate(zip(views, masks)):
+            pixel_values[index, : view.shape[0]] = view
+            pixel_mask[index, : mask.shape[0]] = mask
+        return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+
+    def _pixels_from_images(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        studies = []
+        for row in rows:
+            _, views = _row_views(row)
+            # A study without any image gets one missing file, so it is masked and then dropped.
+            studies.append([_as_image_source(view) for view in views] or [""])
+        encoded = self.processor.image_processor(studies, return_tensors="pt", errors="skip")
+        return {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"]}
+
+    def __call__(self, rows: Sequence[Mapping[str, Any] | None]) -> dict[str, torch.Tensor]:
+        # `StudyDataset` yields None for a study without readable images.
+        rows = [row for row in rows if row is not None]
+        if not rows:
+            raise ValueError("EIRDataCollator received an empty batch; every study of the batch lacked readable images.")
+        if all(_row_views(row)[0] == "pixel_values" for row in rows):
+            pixels = self._pixels_from_tensors(rows)
+        else:
+            pixels = self._pixels_from_images(rows)
+
+        # 1. Drop studies without a readable view.
+        readable = pixels["pixel_mask"].bool().any(dim=1)
+        if not bool(readable.all()):
+            dropped = [str(row.get("study_id", index)) for index, row in enumerate(rows) if not readable[index]]
+            logger.warning("Dropped %d studies without a readable image from the batch: %s.", len(dropped), dropped)
+            if not bool(readable.any()):
+                raise ValueError(f"No study of the batch has a readable image (studies {dropped}); check the image paths.")
+            rows = [row for index, row in enumerate(rows) if readable[index]]
+            pixels = {key: value[readable] for key, value in pixels.items()}
+
+        # 2. Text and patient groups.
+        text = self.processor(
+            history=[row.get("history") or "" for row in rows],
+            reports=[row.get("report") or "" for row in rows] if self.with_labels else None,
+        )
+        batch = dict(pixels)
+        batch.update({key: value for key, value in text.items()})
+        if all(row.get("patient_id") is not None for row in rows):
+            batch["group_ids"] = torch.tensor([patient_group_id(str(row["patient_id"])) for row in rows], dtype=torch.long)
+        return batch
+
+
+def build_compute_metrics(
+    processor: EIRProcessor,
+    protocol: str = "raw",
+    include_meteor: bool = False,
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Build a `compute_metrics` function for `Seq2SeqTrainer(predict_with_generate=True)`.
+
+    The returned function decodes the generated ids and the labels (-100 read as padding) and
+    returns the numeric results of `eir.metrics.compute_report_metrics`: BLEU-1..4, METEOR (NaN
+    unless `include_meteor`), ROUGE-L, CIDEr, distinct_fraction and num_samples.
+    """
+    pad_token_id = processor.tokenizer.pad_token_id
+
+    def compute_metrics(evaluation: EvalPrediction) -> dict[str, float]:
+        predictions = evaluation.predictions
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        predictions = np.asarray(predictions)
+        if predictions.ndim == 3:
+            raise ValueError(
+                "compute_metrics received logits of shape "
+                f"{predictions.shape}; expected generated token ids. Set predict_with_generate=True."
+            )
+        predictions = np.where(predictions < 0, pad_token_id, predictions)
+        labels = np.where(np.asarray(evaluation.label_ids) < 0, pad_token_id, evaluation.label_ids)
+        generated = [text.strip() for text in processor.batch_decode(predictions.tolist(), skip_special_tokens=True)]
+        references = [text.strip() for text in processor.batch_decode(labels.tolist(), skip_special_tokens=True)]
+        scores = compute_report_metrics(generated, references, protocol=protocol, include_meteor=include_meteor)
+        return {key: float(value) for key, value in scores.items() if isinstance(value, (int, float))}
+
+    return compute_metrics
+
+
+def build_seq2seq_trainer(
+    model: torch.nn.Module,
+    processor: EIRProcessor,
+    args: Seq2SeqTrainingArguments,
+    train_dataset: Any = None,
+    eval_dataset: Any = None,
+    protocol: str = "raw",
+    include_meteor: bool = False,
+    **trainer_kwargs: Any,
+) -> Seq2SeqTrainer:
+    """Build a `Seq2SeqTrainer` with `EIRDataCollator` and, when `args.predict_with_generate`, report metrics.
+
+    Datasets are study records (a list of dicts or a `datasets.Dataset`) or a `StudyDataset`.
+    `trainer_kwargs` go to `Seq2SeqTrainer` and override the collator and metrics built here.
+
+    A saved EIR model sets `max_new_tokens` in its generation config, and `generate()` lets it
+    win over `max_length`. So when `args.generation_max_length` is set, the model's generation
+    config gets a copy with `max_new_tokens=None` and `max_length=args.generation_max_length`
+    (the start token counts in `max_length`).
+    """
+    if args.remove_unused_columns:
+        raise ValueError(
+            "Seq2SeqTrainingArguments.remove_unused_columns is True, which removes the image, history and report "
+            "columns that EIRDataCollator reads. Pass remove_unused_columns=False."
+        )
+    generation_config = getattr(model, "generation_config", None)
+    if args.generation_max_length is not None and generation_config is not None and generation_config.max_new_tokens is not None:
+        logger.info(
+            "Using generation_max_length=%d of the training arguments instead of the model's max_new_tokens=%d.",
+            args.generation_max_length,
+            generation_config.max_new_tokens,
+        )
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.max_new_tokens = None
+        generation_config.max_length = args.generation_max_length
+        model.generation_config = generation_config
+    kwargs: dict[str, Any] = {
+        "data_collator": EIRDataCollator(processor),
+        "processing_class": processor,
+    }
+    if args.predict_with_generate:
+        kwargs["compute_metrics"] = build_compute_metrics(processor, protocol=protocol, include_meteor=include_meteor)
+    kwargs.update(trainer_kwargs)
+    return Seq2SeqTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+
+
+__all__ = ["EIRDataCollator", "build_compute_metrics", "build_seq2seq_trainer"]
