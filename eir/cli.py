@@ -187,7 +187,7 @@ def collect_studies(args: argparse.Namespace) -> list[dict]:
                     if images:
                         studies.append({"study_id": folder.name, "images": images, "history": history})
                     else:
-                        logger.warning("Study folder %s holds no PNG, JPEG or DICOM file; skipped.", folder)
+                        logger.warning("Study folder %s contains no PNG, JPEG or DICOM file; skipped.", folder)
                 return studies
             return [
                 {"study_id": path.stem, "images": [str(path)], "history": args.history}

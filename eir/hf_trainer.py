@@ -58,17 +58,18 @@ def _as_image_source(view: Any) -> Any:
 class EIRDataCollator:
     """Batch study rows for `Trainer` and `Seq2SeqTrainer`.
 
-    Each row needs `history`, `report` (only when `with_labels`), `patient_id` (optional; becomes
-    `group_ids`, so retrieval skips the patient's own reports) and one image column, searched in
-    this order:
+    Each row needs `history`, `report` (only when `with_labels`) and one image column. An optional
+    `patient_id` becomes `group_ids`, so retrieval skips the patient's own reports. The image
+    column is searched in this order:
 
     - `pixel_values` (V, C, H, W) with `pixel_mask` (V,), as `eir.studies.StudyDataset` yields;
     - `images`, a list of views as PIL images or undecoded `datasets.Image` dicts;
     - `image_paths`, a list of image files, as the study records of `eir.data` hold.
 
     Views that cannot be read are masked out with a warning. A study without any readable view is
-    dropped from the batch with a warning, because the model needs one real view per study. The
-    rows of one batch may use different image columns only if none of them is `pixel_values`.
+    dropped from the batch with a warning, because the model needs one real view per study. Rows
+    with `images` and rows with `image_paths` may share a batch, but rows with `pixel_values`
+    may not share one with either.
 
     Args:
         processor: the processor saved with the model.
@@ -92,21 +93,27 @@ class EIRDataCollator:
         return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
 
     def _pixels_from_images(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        studies = []
-        for row in rows:
-            _, views = _row_views(row)
-            # A study without any image gets one missing file, so it is masked and then dropped.
-            studies.append([_as_image_source(view) for view in views] or [""])
+        studies = [[_as_image_source(view) for view in _row_views(row)[1]] for row in rows]
         encoded = self.processor.image_processor(studies, return_tensors="pt", errors="skip")
         return {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"]}
 
     def __call__(self, rows: Sequence[Mapping[str, Any] | None]) -> dict[str, torch.Tensor]:
         # `StudyDataset` yields None for a study without readable images.
         rows = [row for row in rows if row is not None]
+        without_images = [str(row.get("study_id", "<no study_id>")) for row in rows if len(_row_views(row)[1]) == 0]
+        if without_images:
+            logger.warning("Dropped %d studies without any image from the batch: %s.", len(without_images), without_images)
+            rows = [row for row in rows if len(_row_views(row)[1]) > 0]
         if not rows:
-            raise ValueError("EIRDataCollator received an empty batch; every study of the batch lacked readable images.")
-        if all(_row_views(row)[0] == "pixel_values" for row in rows):
+            raise ValueError("EIRDataCollator received no study with images; check the image columns of the dataset.")
+        columns = {_row_views(row)[0] for row in rows}
+        if columns == {"pixel_values"}:
             pixels = self._pixels_from_tensors(rows)
+        elif "pixel_values" in columns:
+            raise ValueError(
+                f"EIRDataCollator received rows with the image columns {sorted(columns)}; rows with `pixel_values` "
+                "cannot share a batch with rows that hold images or image paths."
+            )
         else:
             pixels = self._pixels_from_images(rows)
 
@@ -126,7 +133,7 @@ class EIRDataCollator:
             reports=[row.get("report") or "" for row in rows] if self.with_labels else None,
         )
         batch = dict(pixels)
-        batch.update({key: value for key, value in text.items()})
+        batch.update(dict(text))
         if all(row.get("patient_id") is not None for row in rows):
             batch["group_ids"] = torch.tensor([patient_group_id(str(row["patient_id"])) for row in rows], dtype=torch.long)
         return batch
@@ -141,7 +148,8 @@ def build_compute_metrics(
 
     The returned function decodes the generated ids and the labels (-100 read as padding) and
     returns the numeric results of `eir.metrics.compute_report_metrics`: BLEU-1..4, METEOR (NaN
-    unless `include_meteor`), ROUGE-L, CIDEr, distinct_fraction and num_samples.
+    unless `include_meteor`), ROUGE-L, CIDEr, distinct_fraction and num_samples. The references
+    are decoded from the labels, so they are cut at the processor's `max_report_length`.
     """
     pad_token_id = processor.tokenizer.pad_token_id
 

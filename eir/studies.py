@@ -18,8 +18,8 @@ class StudyDataset(Dataset):
     """Studies as model-ready image tensors plus their text.
 
     Each item is a dict with `index`, `pixel_values` (V, C, H, W), `pixel_mask` (V,), `history`,
-    `report` and `patient_id`, or None when no image of the study could be read (logged once per
-    study; `collate_studies` drops it, so one broken file never stops a run).
+    `report` and `patient_id`. It is None when no image of the study could be read: the study is
+    logged and `StudyCollator` drops it, so one broken file never stops a run.
 
     Args:
         records: study records as produced by the loaders in `eir.data`.

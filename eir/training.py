@@ -1,9 +1,9 @@
 """Training of EIR with Accelerate: one script for one CPU, several CPU processes or GPUs.
 
 Steps: load the recipe and the data set, train the tokenizer on the training reports and
-histories, build the model, then per epoch: train, refresh the retrieval bank from the training
-split, score the validation split, keep the best model by the recipe's selection metric, and save
-a resumable checkpoint. The test split is never read here.
+histories, and build the model. Then, per epoch: train, refresh the retrieval bank from the
+training split, score the validation split, keep the best model by the recipe's selection
+metric, and save a resumable checkpoint. The test split is never read here.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def train(
     data_dir: str | None = None,
     resume_from: str | None = None,
 ) -> dict[str, Any]:
-    """Train EIR as the recipe says and save the best model to `output_dir/model`.
+    """Train EIR with the recipe's settings and save the best model to `output_dir/model`.
 
     Args:
         recipe: the training recipe (see `eir.recipes`).

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="EMA coefficient of the teacher update (teacher = m * teacher + (1 - m) * student). Default: 0.999.")
     model.add_argument("--temperature", type=float, default=0.07, help="Softmax temperature of the InfoNCE terms. Default: 0.07.")
     model.add_argument("--mixup-alpha", type=float, default=1.0,
-                       help="Parameter alpha of the Beta(alpha, alpha) mixing coefficient. Default: 1.0.")
+                       help="Parameter alpha of the Beta(alpha, alpha) mixing coefficient. Default: 1.0 (uniform "
+                       "lambda; not checked against the value C2L used).")
     model.add_argument("--teacher-bn-splits", type=int, default=2,
                        help="Sub-batches in which the teacher encodes the shuffled batch (shuffled batch norm on one "
                        "device). Default: 2.")
@@ -278,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.step()
             optimizer.zero_grad()
             unwrapped.update_teacher()
+            # NOTE: the multi-process path (gathered keys, DDP-wrapped C2LModel) has only run on one CPU process.
             unwrapped.enqueue(accelerator.gather(output.keys))
             state["global_step"] += 1
             losses.append(float(output.loss.detach()))

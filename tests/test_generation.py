@@ -34,7 +34,8 @@ def studies(data_root) -> list[dict]:
     two_views = [record for record in records if len(record["image_paths"]) == 2][:2]
     one_view = [record for record in records if len(record["image_paths"]) == 1]
     one_view = sorted(one_view, key=lambda record: len(record["history"]))[:1]
-    assert len(two_views) == 2 and len(one_view) == 1, "expected test studies with one and with two views"
+    assert len(two_views) == 2, "expected two test studies with two views"
+    assert len(one_view) == 1, "expected a test study with one view"
     return two_views + one_view
 
 
@@ -46,9 +47,21 @@ def inputs(processor, studies) -> dict[str, torch.Tensor]:
     return dict(batch)
 
 
-def _single(inputs: dict[str, torch.Tensor], index: int, processor: EIRProcessor, studies: list[dict]) -> dict[str, torch.Tensor]:
+@pytest.fixture(scope="module")
+def greedy(model, inputs) -> torch.Tensor:
+    """Greedy output with the key/value cache, shared by the tests that compare against it."""
+    return model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, use_cache=True)
+
+
+@pytest.fixture(scope="module")
+def beam_search(model, inputs):
+    """Beam search output (3 beams, with scores), shared by the tests that compare against it."""
+    return model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3, return_dict_in_generate=True, output_scores=True)
+
+
+def _single(processor: EIRProcessor, study: dict) -> dict[str, torch.Tensor]:
     """Inputs of one study prepared on its own, so views and history carry no batch padding."""
-    return dict(EIRDataCollator(processor, with_labels=False)([studies[index]]))
+    return dict(EIRDataCollator(processor, with_labels=False)([study]))
 
 
 def _strip(ids: list[int], pad_token_id: int) -> list[int]:
@@ -76,24 +89,22 @@ def test_min_new_tokens_delays_eos(model, inputs):
     assert not (output[:, 1:] == model.config.eos_token_id).any()
 
 
-def test_greedy_same_with_and_without_cache(model, inputs):
-    cached = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, use_cache=True)
+def test_greedy_same_with_and_without_cache(model, inputs, greedy):
     uncached = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, use_cache=False)
-    assert torch.equal(cached, uncached)
+    assert torch.equal(greedy, uncached)
 
 
-def test_beam_search_same_with_and_without_cache(model, inputs):
-    cached = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3, use_cache=True)
+def test_beam_search_same_with_and_without_cache(model, inputs, beam_search):
     uncached = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3, use_cache=False)
-    assert torch.equal(cached, uncached)
+    assert torch.equal(beam_search.sequences, uncached)
 
 
-def test_batched_beam_search_matches_single_studies(model, processor, inputs, studies):
+def test_batched_beam_search_matches_single_studies(model, processor, studies, beam_search):
     settings = dict(max_new_tokens=MAX_NEW_TOKENS, num_beams=3, return_dict_in_generate=True, output_scores=True)
-    batched = model.generate(**inputs, **settings)
+    batched = beam_search
     pad = model.config.pad_token_id
     for index in range(len(studies)):
-        single = model.generate(**_single(inputs, index, processor, studies), **settings)
+        single = model.generate(**_single(processor, studies[index]), **settings)
         assert _strip(batched.sequences[index].tolist(), pad) == _strip(single.sequences[0].tolist(), pad), f"study {index}"
         torch.testing.assert_close(batched.sequences_scores[index], single.sequences_scores[0], atol=1e-4, rtol=1e-4)
 
@@ -102,7 +113,7 @@ def test_batched_encoder_matches_single_studies(model, processor, inputs, studie
     with torch.no_grad():
         batched = model.get_encoder()(**inputs)
         for index in range(len(studies)):
-            single = model.get_encoder()(**_single(inputs, index, processor, studies))
+            single = model.get_encoder()(**_single(processor, studies[index]))
             torch.testing.assert_close(batched.last_hidden_state[index], single.last_hidden_state[0], atol=1e-4, rtol=1e-4)
             assert torch.equal(batched.retrieved_indices[index], single.retrieved_indices[0])
 
@@ -120,32 +131,33 @@ def test_sampling_is_reproducible_with_seed(model, inputs):
     assert not torch.equal(first, other_seed)
 
 
-def test_tiny_top_p_equals_greedy(model, inputs):
-    greedy = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, do_sample=False)
+def test_tiny_top_p_equals_greedy(model, inputs, greedy):
     torch.manual_seed(0)
     # top_p keeps at least one token, so a tiny top_p leaves only the most likely one.
     nucleus = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, top_p=1e-6, num_beams=1)
     assert torch.equal(greedy, nucleus)
 
 
-def test_no_repeat_ngram_size(model, inputs):
+def test_no_repeat_ngram_size(model, inputs, greedy):
     eos = model.config.eos_token_id
-    greedy = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1)
     constrained = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, no_repeat_ngram_size=2)
 
     def bigrams(ids: list[int]) -> list[tuple[int, int]]:
         return list(zip(ids, ids[1:]))
 
+    def sequence(row: list[int]) -> list[int]:
+        return row[:1] + _generated_part(row, eos)
+
     # The undertrained model repeats bigrams when unconstrained, so the option is what prevents them.
-    assert any(len(set(bigrams(row))) < len(bigrams(row)) for row in (greedy[:, :1].tolist()[i] + _generated_part(greedy[i].tolist(), eos) for i in range(3)))
-    for row in constrained.tolist():
-        ids = row[:1] + _generated_part(row, eos)
+    unconstrained = [sequence(row) for row in greedy.tolist()]
+    assert any(len(set(bigrams(ids))) < len(bigrams(ids)) for ids in unconstrained)
+    for ids in (sequence(row) for row in constrained.tolist()):
         assert len(set(bigrams(ids))) == len(bigrams(ids)), ids
 
 
-def test_repetition_penalty_reduces_repeats(model, inputs):
+def test_repetition_penalty_reduces_repeats(model, inputs, greedy):
     eos = model.config.eos_token_id
-    plain = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1)
+    plain = greedy
     penalised = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, repetition_penalty=5.0)
 
     def distinct_fraction(output: torch.Tensor) -> float:
@@ -156,8 +168,8 @@ def test_repetition_penalty_reduces_repeats(model, inputs):
     assert distinct_fraction(penalised) > distinct_fraction(plain)
 
 
-def test_num_return_sequences(model, inputs):
-    best = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3)
+def test_num_return_sequences(model, inputs, beam_search):
+    best = beam_search.sequences
     several = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=3, num_return_sequences=3)
     pad = model.config.pad_token_id
 
@@ -179,7 +191,7 @@ class _CapturingStreamer(TextStreamer):
 
 def test_text_streamer_matches_returned_text(model, processor, inputs, studies):
     streamer = _CapturingStreamer(processor.tokenizer, skip_special_tokens=True)
-    output = model.generate(**_single(inputs, 0, processor, studies), max_new_tokens=MAX_NEW_TOKENS, num_beams=1, streamer=streamer)
+    output = model.generate(**_single(processor, studies[0]), max_new_tokens=MAX_NEW_TOKENS, num_beams=1, streamer=streamer)
 
     assert len(streamer.pieces) >= 2
     assert "".join(streamer.pieces).strip() == processor.decode(output[0], skip_special_tokens=True).strip()

@@ -71,6 +71,15 @@ def test_collator_drops_study_without_images(covid_dataset, processor, tmp_path)
     assert batch["group_ids"].tolist() == [patient_group_id(rows[0]["patient_id"])]
 
 
+def test_collator_drops_study_with_empty_image_list(covid_dataset, processor):
+    rows = covid_dataset["train"].select(range(2)).to_list()
+    rows[0] = {**rows[0], "image_paths": []}
+    batch = EIRDataCollator(processor)(rows)
+    assert batch["group_ids"].tolist() == [patient_group_id(rows[1]["patient_id"])]
+    with pytest.raises(ValueError, match="no study with images"):
+        EIRDataCollator(processor)(rows[:1])
+
+
 def test_collator_matches_study_dataset_items(covid_dataset, processor):
     records = covid_dataset["train"].select(range(2)).to_list()
     from_records = EIRDataCollator(processor)(records)
@@ -114,18 +123,19 @@ def test_trainer_trains_and_evaluates_with_generate(trained_model_dir, processor
     args = _arguments(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=4)
     trainer = build_seq2seq_trainer(model, processor, args, train_dataset=studies, eval_dataset=studies)
 
-    before = trainer.evaluate()
     trainer.train()
-    after = trainer.evaluate()
 
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evaluations) == 1
     for key in METRIC_KEYS:
-        assert f"eval_{key}" in after, sorted(after)
-    assert after["eval_num_samples"] == 4
+        assert f"eval_{key}" in evaluations[0], sorted(evaluations[0])
+    assert evaluations[0]["eval_num_samples"] == 4
+    assert math.isfinite(evaluations[0]["eval_loss"])
     train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(train_losses) == 4
     assert all(math.isfinite(loss) for loss in train_losses)
-    # Four steps on the same four studies must fit them better.
-    assert after["eval_loss"] < before["eval_loss"]
+    # Every step sees the same four studies (one batch), so four steps must fit them better.
+    assert train_losses[-1] < train_losses[0]
     # The model's loss is a batch mean, so Trainer must divide it for gradient accumulation itself.
     assert trainer.model_accepts_loss_kwargs is False
 

@@ -8,13 +8,18 @@ from typing import Any
 import datasets
 
 from eir.data.covid import load_covid_chestxray, load_covid_chestxray_records
+from eir.data.imagefolder import load_imagefolder, load_imagefolder_records
 from eir.data.iu_xray import MissingImagesError, load_iu_xray, load_iu_xray_records, parse_iu_reports
+from eir.data.mimic_cxr import load_mimic_cxr, load_mimic_cxr_records
 from eir.data.records import SPLIT_NAMES, STUDY_COLUMNS, StudyRecord, records_to_dataset_dict, study_features
 from eir.data.splits import apply_split_file, group_patients, read_split_file, split_by_patient, write_split_file
 
 _LOADERS = {
     "iu_xray": (load_iu_xray, load_iu_xray_records),
     "covid_chestxray": (load_covid_chestxray, load_covid_chestxray_records),
+    "mimic_cxr": (load_mimic_cxr, load_mimic_cxr_records),
+    # `data_dir` is the user's folder with images and metadata.jsonl, not the data root.
+    "imagefolder": (load_imagefolder, load_imagefolder_records),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 
@@ -27,7 +32,7 @@ def _loader_pair(name: str) -> tuple[Any, Any]:
 
 
 def load_study_dataset(name: str, data_dir: str | Path | None = None, **kwargs: Any) -> datasets.DatasetDict:
-    """Load the dataset `name` ("iu_xray" or "covid_chestxray") as a `DatasetDict`; `kwargs` go to its loader."""
+    """Load the dataset `name` (one of `DATASET_NAMES`) as a `DatasetDict`; `kwargs` go to its loader."""
     return _loader_pair(name)[0](data_dir=data_dir, **kwargs)
 
 
@@ -46,8 +51,12 @@ __all__ = [
     "group_patients",
     "load_covid_chestxray",
     "load_covid_chestxray_records",
+    "load_imagefolder",
+    "load_imagefolder_records",
     "load_iu_xray",
     "load_iu_xray_records",
+    "load_mimic_cxr",
+    "load_mimic_cxr_records",
     "load_study_dataset",
     "load_study_records",
     "parse_iu_reports",
