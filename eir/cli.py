@@ -30,6 +30,10 @@ def _add_train_parser(subparsers) -> None:
     parser.add_argument("--data-dir", help="Data root holding the data set folders. Default: $EIR_DATA_DIR or ../shared/data beside the checkout.")
     parser.add_argument("--output-dir", default="outputs/quickstart", help="Folder for checkpoints, split file and the final model (in OUTPUT_DIR/model).")
     parser.add_argument("--resume-from", help="Checkpoint folder to resume from, or 'latest' for the newest one in OUTPUT_DIR/checkpoints.")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="Delete the checkpoints and model of an earlier run in OUTPUT_DIR first (without it such a folder is rejected).",
+    )
     helps = {
         "epochs": "number of passes over the training split",
         "batch_size": "studies per optimisation step and process",
@@ -129,7 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
         if getattr(args, field.name, None) is not None
     }
     recipe.training = dataclasses.replace(recipe.training, **overrides)
-    train(recipe, args.output_dir, data_dir=args.data_dir, resume_from=args.resume_from)
+    train(recipe, args.output_dir, data_dir=args.data_dir, resume_from=args.resume_from, overwrite=args.overwrite)
     return 0
 
 
@@ -165,16 +169,31 @@ def collect_studies(args: argparse.Namespace) -> list[dict]:
             for line_number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
                 if not line.strip():
                     continue
+                location = f"{source}:{line_number}"
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise SystemExit(f"{source}:{line_number}: invalid JSON ({error.msg}). Expected one object per line.")
-                if not entry.get("images"):
-                    raise SystemExit(f"{source}:{line_number}: missing `images` (a list of image paths).")
+                    raise SystemExit(f"{location}: invalid JSON ({error.msg}). Expected one object per line.")
+                if not isinstance(entry, dict):
+                    raise SystemExit(f"{location}: expected a JSON object such as {{\"images\": [\"frontal.png\"], \"history\": \"...\"}}, got {type(entry).__name__}.")
+
+                # `images`: a non-empty list of paths; a single path is accepted as a list of one.
+                images = entry.get("images")
+                if isinstance(images, str):
+                    images = [images]
+                if not isinstance(images, list) or not images or not all(isinstance(path, str) and path for path in images):
+                    raise SystemExit(f"{location}: `images` must be a non-empty list of image paths (strings), got {images!r}.")
+
+                # `history`: a string; absent or null means no history.
+                history = entry.get("history")
+                if history is None:
+                    history = ""
+                if not isinstance(history, str):
+                    raise SystemExit(f"{location}: `history` must be a string or null, got {type(history).__name__} {history!r}.")
+
                 base = source.parent
-                images = [str(path if Path(path).is_absolute() else base / path) for path in entry["images"]]
-                studies.append({"study_id": str(entry.get("study_id", line_number)), "images": images,
-                                "history": entry.get("history", "")})
+                paths = [str(path if Path(path).is_absolute() else base / path) for path in images]
+                studies.append({"study_id": str(entry.get("study_id", line_number)), "images": paths, "history": history})
             return studies
         if source.is_dir():
             subfolders = sorted(path for path in source.iterdir() if path.is_dir())

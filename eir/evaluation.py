@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from modeling_eir import EIRForReportGeneration
 from processing_eir import EIRProcessor, patient_group_id
 
 from .baselines import evaluate_baselines
-from .metrics import compute_report_metrics, format_metrics_table
+from .metrics import MeteorUnavailableError, compute_report_metrics, format_metrics_table
 from .studies import StudyCollator, StudyDataset, model_inputs
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,11 @@ def evaluate_model(
     `output_dir` when given, and returns the results.
     """
     start_time = time.perf_counter()
+    if include_meteor and shutil.which("java") is None:
+        raise MeteorUnavailableError(
+            "METEOR needs Java (the `java` command was not found). Install a Java runtime, or skip METEOR "
+            "(`eir evaluate --no-meteor`)."
+        )
     model = EIRForReportGeneration.from_pretrained(model_dir)
     processor = EIRProcessor.from_pretrained(model_dir)
     model.eval()
@@ -120,6 +126,13 @@ def evaluate_model(
         model, processor, loader, records, show_progress=True, **(generation_kwargs or {})
     )
     generation_time = time.perf_counter() - start_time
+    if output_dir is not None:  # written before scoring, so the reports survive a scorer failure
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with open(output_dir / f"predictions_{split}.jsonl", "w", encoding="utf-8") as handle:
+            for record, prediction in zip(records, predictions):
+                handle.write(json.dumps({"study_id": record["study_id"], "prediction": prediction,
+                                         "reference": record["report"]}) + "\n")
 
     # 2. Image embeddings for the nearest-image baseline.
     train_loader = DataLoader(StudyDataset(train_records, processor), batch_size=batch_size, collate_fn=collator)
@@ -165,14 +178,8 @@ def evaluate_model(
         "model_dir": str(model_dir),
     }
     if output_dir is not None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / f"metrics_{split}.json").write_text(json.dumps(results, indent=2, default=_json_default))
         (output_dir / f"results_{split}.md").write_text(table + "\n")
-        with open(output_dir / f"predictions_{split}.jsonl", "w", encoding="utf-8") as handle:
-            for record, prediction in zip(records, predictions):
-                handle.write(json.dumps({"study_id": record["study_id"], "prediction": prediction,
-                                         "reference": record["report"]}) + "\n")
     results["table"] = table
     return results
 

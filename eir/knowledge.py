@@ -52,9 +52,14 @@ NODE_KEYWORDS: dict[str, tuple[str, ...]] = {
 }
 
 _SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
-# A keyword matches at the start of a word, so "effusions" matches "effusion" but "support" does not match "port".
+# A keyword matches at the start of a word, so "effusions" matches "effusion". Device keywords must
+# match whole words (plural allowed), so "tuberculosis" does not match "tube".
+_WHOLE_WORD_NODES = {"device"}
 _NODE_PATTERNS = {
-    node: re.compile(r"\b(?:" + "|".join(re.escape(keyword) for keyword in keywords) + ")")
+    node: re.compile(
+        r"\b(?:" + "|".join(re.escape(keyword) for keyword in keywords) + ")"
+        + (r"s?\b" if node in _WHOLE_WORD_NODES else "")
+    )
     for node, keywords in NODE_KEYWORDS.items()
 }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -92,4 +94,38 @@ def recipe_from_dict(raw: dict[str, Any], default_name: str = "custom", source: 
     if unknown:
         raise ValueError(f"{source}: unknown keys in `training`: {sorted(unknown)}; expected some of {sorted(training_fields)}.")
     raw.setdefault("name", default_name)
-    return Recipe(training=TrainingSettings(**training_raw), **raw)
+    recipe = Recipe(training=TrainingSettings(**training_raw), **raw)
+    check_section_keys(recipe, source)
+    return recipe
+
+
+def _accepted_keywords(function) -> set[str]:
+    parameters = inspect.signature(function).parameters
+    return {name for name, parameter in parameters.items() if parameter.kind is not inspect.Parameter.VAR_KEYWORD} - {"self"}
+
+
+def check_section_keys(recipe: Recipe, source: str = "recipe") -> None:
+    """Reject misspelt keys in the model, generation and preprocessing sections.
+
+    `EIRConfig` and `GenerationConfig` would otherwise store an unknown key as a new attribute
+    and keep the default of the intended field, silently.
+    """
+    from transformers import GenerationConfig
+
+    from configuration_eir import EIRConfig
+    from processing_eir import EIRImageProcessor, EIRProcessor, train_eir_tokenizer
+
+    sections = {
+        "model": {field.name for field in dataclasses.fields(EIRConfig)},
+        "generation": set(GenerationConfig().to_dict()),
+        "image_processor": _accepted_keywords(EIRImageProcessor.__init__),
+        "processor": _accepted_keywords(EIRProcessor.__init__) - {"image_processor", "tokenizer"},
+        "tokenizer": _accepted_keywords(train_eir_tokenizer) - {"texts", "output_dir"},
+    }
+    for section, accepted in sections.items():
+        unknown = set(getattr(recipe, section) or {}) - accepted
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown keys in `{section}`: {sorted(unknown)}. Check the spelling; accepted keys: "
+                f"{sorted(accepted)}."
+            )

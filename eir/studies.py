@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from processing_eir import EIRProcessor, patient_group_id
 
@@ -63,6 +63,28 @@ class StudyDataset(Dataset):
         if self.cache_images:
             self._cache[index] = None if views is None else (views[0].to(torch.float16), views[1])
         return views
+
+    def drop_unreadable(self, num_workers: int = 0) -> list[str]:
+        """Remove the studies without any readable image; return their study ids (each is logged).
+
+        With `cache_images` the views read here stay cached, so the check costs no extra decoding.
+        Otherwise each image is decoded once more, in `num_workers` loader processes.
+        """
+        if self.cache_images or num_workers == 0:
+            readable = [self._load_views(index) is not None for index in range(len(self))]
+        else:
+            loader = DataLoader(
+                range(len(self)), batch_size=32, num_workers=num_workers,
+                collate_fn=lambda indices: [self._load_views(index) is not None for index in indices],
+            )
+            readable = [flag for flags in loader for flag in flags]
+        dropped = [record["study_id"] for record, ok in zip(self.records, readable) if not ok]
+        kept = [index for index, ok in enumerate(readable) if ok]
+        self._cache = {new: self._cache[old] for new, old in enumerate(kept) if old in self._cache}
+        self.records = [self.records[index] for index in kept]
+        if dropped:
+            logger.warning("%d studies without a readable image were left out: %s", len(dropped), dropped[:20])
+        return dropped
 
     def _load_features(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         record = self.records[index]

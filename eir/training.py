@@ -147,16 +147,55 @@ def _prune_checkpoints(checkpoint_root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
+    """Return the newest complete checkpoint (one whose trainer state was written), or None."""
     checkpoints = sorted((output_dir / "checkpoints").glob("epoch-*"), key=lambda path: int(path.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
+    complete = [path for path in checkpoints if (path / STATE_FILE).is_file()]
+    return complete[-1] if complete else None
 
 
-def _selection_score(metrics: dict[str, float], name: str) -> float:
+SELECTION_METRICS = ("loss", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")
+
+
+def check_settings(settings) -> None:
+    """Reject settings that would only fail after an epoch of training."""
+    if settings.selection_metric not in SELECTION_METRICS:
+        raise ValueError(
+            f"training.selection_metric: expected one of {SELECTION_METRICS} (the scores computed on the validation "
+            f"split; METEOR is left out there for speed), got {settings.selection_metric!r}."
+        )
+    for name in ("epochs", "batch_size", "eval_batch_size", "eval_every_epochs"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"training.{name}: expected a positive integer, got {value!r}.")
+    if settings.bank_refresh_epochs < 0:
+        raise ValueError(f"training.bank_refresh_epochs: expected 0 or more, got {settings.bank_refresh_epochs!r}.")
+
+
+def prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run with the checkpoints of an earlier one in the same folder."""
+    checkpoints = output_dir / "checkpoints"
+    if resuming or not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of an earlier run. Pass --resume-from latest to continue it, "
+            "--overwrite to replace it, or another --output-dir."
+        )
+    shutil.rmtree(checkpoints)
+    shutil.rmtree(output_dir / "model", ignore_errors=True)
+
+
+def _selection_score(metrics: dict[str, float], name: str) -> list[float]:
+    """Rank a validation result: the selection metric first, then the lower validation loss on ties.
+
+    Weak early models often tie (BLEU-4 is 0 for several epochs), and without the loss the
+    first of the tied epochs would always be kept.
+    """
     if name == "loss":
-        return -metrics["loss"]
+        return [-metrics["loss"]]
     if name not in metrics:
         raise ValueError(f"selection_metric: expected one of {sorted(metrics)}, got {name!r}.")
-    return metrics[name]
+    return [metrics[name], -metrics["loss"]]
 
 
 def _print_summary(accelerator: Accelerator, lines: list[tuple[str, Any]]) -> None:
@@ -174,6 +213,7 @@ def train(
     output_dir: str | Path,
     data_dir: str | None = None,
     resume_from: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train EIR with the recipe's settings and save the best model to `output_dir/model`.
 
@@ -182,15 +222,21 @@ def train(
         output_dir: folder for checkpoints, the split file, logs and the final model.
         data_dir: data root (default `eir.paths.default_data_dir()`).
         resume_from: a checkpoint folder, or "latest" for the newest one in `output_dir`.
+        overwrite: delete the checkpoints and model of an earlier run in `output_dir` first;
+            without it, such a folder is rejected unless resuming.
 
     Returns a summary with the best validation metrics, the epoch they came from and timings.
     """
     settings = recipe.training
+    check_settings(settings)
     output_dir = Path(output_dir)
     start_time = time.perf_counter()
+    # Every process sets the same retrieval bank itself, so DDP need not broadcast buffers (for
+    # MIMIC-CXR the bank is hundreds of MB). Batch-norm running statistics then stay per process,
+    # and the saved model carries those of the main process.
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     set_seed(settings.seed)
 
@@ -202,6 +248,7 @@ def train(
     if settings.limit_eval_studies:
         validation_records = validation_records[: settings.limit_eval_studies]
     if accelerator.is_main_process:
+        prepare_output_dir(output_dir, resuming=bool(resume_from), overwrite=overwrite)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_split_file([record for records in splits.values() for record in records], output_dir / "split.csv")
         (output_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2, default=str))
@@ -236,6 +283,16 @@ def train(
     if settings.freeze_backbone:
         freeze_backbone(backbone)
 
+    # Studies without a readable image are dropped before batching, so that every process sees
+    # full batches (collective operations under DDP need equal batch sizes on all processes).
+    train_dataset = StudyDataset(train_records, processor, cache_images=settings.cache_images)
+    validation_dataset = StudyDataset(validation_records, processor, cache_images=settings.cache_images)
+    for dataset in (train_dataset, validation_dataset):
+        dataset.drop_unreadable(num_workers=0 if settings.cache_images else settings.num_workers)
+    train_records, validation_records = train_dataset.records, validation_dataset.records
+    if not train_records:
+        raise ValueError("No training study has a readable image; check the image paths of the data set.")
+
     entity_ids, entity_nodes = encode_findings(
         [record["report"] for record in train_records],
         processor.tokenizer,
@@ -245,8 +302,6 @@ def train(
         config.pad_token_id,
     )
 
-    train_dataset = StudyDataset(train_records, processor, cache_images=settings.cache_images)
-    validation_dataset = StudyDataset(validation_records, processor, cache_images=settings.cache_images)
     collator = StudyCollator(processor)
     train_loader = DataLoader(
         train_dataset, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
@@ -264,7 +319,13 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_dataset) / (settings.batch_size * accelerator.num_processes))
     total_steps = max(1, steps_per_epoch * settings.epochs)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    # The prepared scheduler steps once per process for each optimizer step, so its length counts
+    # optimizer steps times processes.
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer,
+        int(settings.warmup_ratio * total_steps) * accelerator.num_processes,
+        total_steps * accelerator.num_processes,
+    )
     model, optimizer, train_loader, bank_loader, validation_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, bank_loader, validation_loader, scheduler
     )
@@ -273,6 +334,8 @@ def train(
     state = {"epoch": 0, "global_step": 0, "best_score": None, "best_epoch": None, "history": []}
     if resume_path is not None:
         state = json.loads((resume_path / STATE_FILE).read_text())
+        if isinstance(state.get("best_score"), (int, float)):  # written before ties were broken by the loss
+            state["best_score"] = [state["best_score"]]
         bank_size = state.get("retrieval_bank_size", 0)
         unwrapped = accelerator.unwrap_model(model)
         if bank_size and unwrapped.encoder.knowledge_graph is not None:
@@ -346,9 +409,16 @@ def train(
             epoch_loss += loss.item()
             epoch_batches += 1
             progress.set_postfix(loss=f"{loss.item():.3f}")
-        train_loss = epoch_loss / max(epoch_batches, 1)
+        if epoch_batches == 0:
+            raise RuntimeError(f"Epoch {epoch} had no training batch; check that the training split has readable studies.")
+        train_loss = epoch_loss / epoch_batches
 
-        record = {"epoch": epoch, "train_loss": train_loss, "elapsed_s": round(time.perf_counter() - start_time, 1)}
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "learning_rate": scheduler.get_last_lr()[0],
+            "elapsed_s": round(time.perf_counter() - start_time, 1),
+        }
         bank_due = settings.bank_refresh_epochs and epoch % settings.bank_refresh_epochs == 0
         evaluate_now = validation_records and (epoch % settings.eval_every_epochs == 0 or epoch == settings.epochs)
         if bank_due or evaluate_now:
@@ -378,7 +448,8 @@ def train(
             _prune_checkpoints(output_dir / "checkpoints", settings.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    if state["best_epoch"] is None:  # no validation split: keep the last epoch
+    if state["best_epoch"] is None:  # no validation split: keep the last epoch, with a bank of its weights
+        refresh_retrieval_bank(model, bank_loader, train_records, entity_ids, entity_nodes, accelerator)
         save_model_folder(accelerator.unwrap_model(model), processor, output_dir / "model", accelerator, recipe.dataset)
         state["best_epoch"] = state["epoch"]
 

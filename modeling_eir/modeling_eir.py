@@ -321,12 +321,15 @@ class EIRImageEncoder(nn.Module):
             f"{type(vision_config).__name__}. Use a convolutional backbone config such as ResNetConfig."
         )
 
-    def encode_views(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode a flat batch of views (N, C, H, W) into tokens (N, h * w, hidden_size)."""
+    def encode_views(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Encode a flat batch of views (N, C, H, W) into tokens (N, h * w, hidden_size) and their grid (h, w)."""
         return self.project_backbone_features(self.backbone(pixel_values=pixel_values).last_hidden_state)
 
-    def project_backbone_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Turn backbone outputs (N, C, h, w) or (N, T, C) into position-coded tokens (N, h * w, hidden_size)."""
+    def project_backbone_features(self, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Project backbone outputs (N, C, h, w) or (N, T, C) to tokens (N, h * w, hidden_size), without positions.
+
+        Returns the tokens and their grid (h, w); `forward` adds the position codes after pooling.
+        """
         if features.dim() == 4:  # (N, C, h, w) from a convolutional backbone
             _, _, height, width = features.shape
             tokens = features.flatten(2).transpose(1, 2)  # (N, h*w, C)
@@ -334,8 +337,7 @@ class EIRImageEncoder(nn.Module):
             height, width = 1, features.shape[1]
             tokens = features
         tokens = self.layer_norm(self.projection(tokens))  # (N, h*w, d)
-        positions = _sinusoidal_positions_2d(height, width, tokens.shape[-1], tokens.device, tokens.dtype)
-        return tokens + positions
+        return tokens, (height, width)
 
     def forward(
         self,
@@ -354,17 +356,23 @@ class EIRImageEncoder(nn.Module):
 
         # 1. Encode only the real views.
         if pixel_values is not None:
-            real_tokens = self.encode_views(pixel_values[view_is_real])  # (N_real, P, d)
+            real_tokens, (height, width) = self.encode_views(pixel_values[view_is_real])  # (N_real, P, d)
         else:
-            real_tokens = self.project_backbone_features(backbone_features[view_is_real])  # (N_real, P, d)
+            real_tokens, (height, width) = self.project_backbone_features(backbone_features[view_is_real])
         num_patches, hidden = real_tokens.shape[1:]
-        view_tokens = real_tokens.new_zeros(batch, num_views, num_patches, hidden)
-        view_tokens[view_is_real] = real_tokens  # (B, V, P, d)
 
-        # 2. Pooled embedding per study: mean over patches, then over real views.
-        view_weights = view_is_real.to(view_tokens.dtype)  # (B, V)
-        pooled_views = view_tokens.mean(dim=2)  # (B, V, d)
+        # 2. Pooled embedding per study: mean over patches, then over real views. It is taken
+        # before the position codes are added, which are the same for every study and would
+        # otherwise dominate the cosine similarity used for retrieval.
+        content = real_tokens.new_zeros(batch, num_views, num_patches, hidden)
+        content[view_is_real] = real_tokens
+        view_weights = view_is_real.to(content.dtype)  # (B, V)
+        pooled_views = content.mean(dim=2)  # (B, V, d)
         study_embeds = (pooled_views * view_weights[..., None]).sum(1) / view_weights.sum(1, keepdim=True).clamp(min=1)
+
+        positions = _sinusoidal_positions_2d(height, width, hidden, real_tokens.device, real_tokens.dtype)
+        view_tokens = real_tokens.new_zeros(batch, num_views, num_patches, hidden)
+        view_tokens[view_is_real] = real_tokens + positions  # (B, V, P, d)
 
         # 3. Aggregate the views.
         aggregation = self.config.view_aggregation
@@ -709,7 +717,12 @@ class EIRDecoder(nn.Module):
         key_positions = torch.arange(past_length + length, device=input_ids.device)
         allowed = key_positions[None, :] <= positions[:, None]  # (T, past + T)
         allowed = allowed[None, None].expand(batch, 1, length, past_length + length)
-        if attention_mask is not None and attention_mask.shape[-1] == past_length + length:
+        if attention_mask is not None:
+            if attention_mask.shape != (batch, past_length + length):
+                raise ValueError(
+                    f"decoder_attention_mask: expected shape {(batch, past_length + length)} (past and current tokens), "
+                    f"got {tuple(attention_mask.shape)}."
+                )
             allowed = allowed & attention_mask.bool()[:, None, None, :]
         self_attention_mask = _additive_mask(allowed, hidden_states.dtype)
         memory_attention_mask = _additive_mask(memory_mask.bool()[:, None, None, :], hidden_states.dtype)

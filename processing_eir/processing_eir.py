@@ -87,15 +87,7 @@ class EIRProcessor(ProcessorMixin):
             report_list = [reports] if isinstance(reports, str) else list(reports)
             self._check_batch_size("reports", len(report_list), batch_size)
             batch_size = len(report_list)
-            encoded = self.tokenizer(
-                report_list,
-                padding=True,
-                truncation=True,
-                max_length=self.max_report_length,
-                return_tensors=return_tensors,
-            )
-            labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-            data["labels"] = labels
+            data["labels"] = self._report_labels(report_list)
 
         if patient_ids is not None:
             patient_list = [patient_ids] if isinstance(patient_ids, str) else list(patient_ids)
@@ -103,6 +95,25 @@ class EIRProcessor(ProcessorMixin):
             data["group_ids"] = torch.tensor([patient_group_id(p) for p in patient_list], dtype=torch.long)
 
         return BatchFeature(data=data, tensor_type=None)
+
+    def _report_labels(self, reports: list[str]) -> torch.Tensor:
+        """Tokenise reports into labels (batch, length), padded with -100.
+
+        A report that fits ends with EOS. A longer report is cut to `max_report_length` tokens
+        without EOS, so the model is never taught to stop in the middle of a sentence.
+        """
+        token_ids = self.tokenizer(reports, add_special_tokens=True)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        cut = []
+        for ids in token_ids:
+            if len(ids) > self.max_report_length:
+                ids = [token for token in ids if token != eos][: self.max_report_length]
+            cut.append(ids)
+        length = max(len(ids) for ids in cut)
+        labels = torch.full((len(cut), length), -100, dtype=torch.long)
+        for row, ids in enumerate(cut):
+            labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return labels
 
     @staticmethod
     def _check_batch_size(field: str, size: int, expected: int | None) -> None:

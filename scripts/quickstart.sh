@@ -9,5 +9,5 @@ bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 output_dir=${EIR_OUTPUT_DIR:-outputs/quickstart}
 
-.venv/bin/eir --log-level WARNING train --recipe quickstart_covid --output-dir "$output_dir"
+.venv/bin/eir --log-level WARNING train --recipe quickstart_covid --output-dir "$output_dir" --overwrite
 .venv/bin/eir --log-level WARNING evaluate --model "$output_dir/model" --split test

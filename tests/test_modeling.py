@@ -258,3 +258,40 @@ def test_config_round_trip(tmp_path):
     assert reloaded.view_aggregation == "concat"
     assert reloaded.vision_config.hidden_sizes == [16, 32]
     assert reloaded.decoder_start_token_id == reloaded.bos_token_id
+
+
+def test_graph_mask_separates_reports():
+    """Findings of one retrieved report never attend to findings of another report."""
+    torch.manual_seed(0)
+    model = EIRForReportGeneration(tiny_config(retrieval_top_k=2)).eval()
+    graph = model.encoder.knowledge_graph
+    retrieved = torch.tensor([[0, 1]])
+    fill_bank(model, size=2)
+    embeddings = model.encoder.history_encoder.embed_tokens
+    before, _ = graph(retrieved, embeddings)
+    graph.bank_entity_ids[1] = (graph.bank_entity_ids[1] + 7) % VOCAB  # change only report 1's findings
+    after, _ = graph(retrieved, embeddings)
+    num_general = len(model.config.knowledge_graph_nodes)
+    entities = model.config.max_entities_per_report
+    report_0 = slice(num_general, num_general + entities)
+    report_1 = slice(num_general + entities, num_general + 2 * entities)
+    # With one graph layer, report 0's findings see only themselves and their general nodes.
+    torch.testing.assert_close(after[:, report_0], before[:, report_0])
+    assert not torch.allclose(after[:, report_1], before[:, report_1])
+
+
+def test_retrieval_embedding_ignores_position_codes():
+    torch.manual_seed(0)
+    model = EIRForReportGeneration(tiny_config()).eval()
+    pixels = torch.randn(1, 1, 3, 64, 64)
+    with torch.no_grad():
+        content, _ = model.encoder.image_encoder.encode_views(pixels[:, 0])
+        expected = torch.nn.functional.normalize(content.mean(dim=1), dim=-1)
+        torch.testing.assert_close(model.encode_images(pixels), expected)
+
+
+def test_decoder_mask_wrong_length_rejected():
+    model = EIRForReportGeneration(tiny_config())
+    inputs = tiny_inputs()
+    with pytest.raises(ValueError, match="decoder_attention_mask"):
+        model(**inputs, decoder_attention_mask=torch.ones(2, 3, dtype=torch.long))

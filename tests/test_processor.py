@@ -117,3 +117,19 @@ def test_findings_on_real_iu_reports(data_root):
     assert with_findings / len(reports) > 0.9
     used_nodes = {node for findings in linked for _, node in findings}
     assert {nodes.index("heart"), nodes.index("lung"), nodes.index("pneumothorax")} <= used_nodes
+
+
+def test_truncated_report_has_no_eos(processor):
+    long_report = " ".join(REPORTS[:3]) * 3
+    batch = processor(reports=[long_report, "Clear lungs."])
+    eos = processor.tokenizer.eos_token_id
+    assert batch["labels"].shape[1] == processor.max_report_length
+    assert eos not in batch["labels"][0].tolist()
+    assert (batch["labels"][0] != -100).all()
+    assert eos in batch["labels"][1].tolist()
+
+
+def test_tuberculosis_is_not_a_device():
+    nodes = list(DEFAULT_KNOWLEDGE_GRAPH_NODES)
+    assert extract_findings("No evidence of tuberculosis.", nodes, max_findings=8) == []
+    assert extract_findings("Two chest tubes in place.", nodes, max_findings=8) == [("Two chest tubes in place.", nodes.index("device"))]

@@ -147,7 +147,33 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, data_root):
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["num_processes"] == 2
+    # The cosine schedule ends near 0 after the last step; a schedule stepped twice per optimizer
+    # step would have passed 0 halfway and climbed back to the peak learning rate.
+    assert summary["history"][-1]["learning_rate"] < 0.1 * summary["settings"]["learning_rate"]
     model = EIRForReportGeneration.from_pretrained(tmp_path / "model")
     # Both processes embed their shard; the gathered bank covers all 12 training studies once.
     assert model.config.retrieval_bank_size == 12
     assert torch.isfinite(model.encoder.knowledge_graph.bank_embeddings).all()
+
+
+def test_new_run_rejects_old_checkpoints(tmp_path, data_root):
+    common = ["--log-level", "WARNING", "train", "--data-dir", str(data_root), "--output-dir", str(tmp_path), "--epochs", "1",
+              "--limit-train-studies", "4", "--limit-eval-studies", "2", "--eval-every-epochs", "1", "--max-new-tokens", "4"]
+    main(common)
+    with pytest.raises(FileExistsError, match="--resume-from latest"):
+        main(common)
+    main([*common, "--overwrite"])
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["epoch-1"]
+
+
+def test_misspelt_recipe_key_rejected(tmp_path, data_root):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset:\n  name: covid_chestxray\nmodel:\n  view_agregation: mean\n")
+    with pytest.raises(ValueError, match="view_agregation"):
+        main(["train", "--recipe", str(recipe), "--data-dir", str(data_root), "--output-dir", str(tmp_path / "run")])
+
+
+def test_unknown_selection_metric_rejected_before_training(tmp_path, data_root):
+    with pytest.raises(ValueError, match="selection_metric"):
+        main(["train", "--data-dir", str(data_root), "--output-dir", str(tmp_path), "--selection-metric", "METEOR"])
+    assert not (tmp_path / "checkpoints").exists()
