@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -211,20 +212,31 @@ TRAINING_DATA_CARDS: dict[str, TrainingDataCard] = {
         description=(
             "The Indiana University chest X-ray collection (IU X-ray, Open-I; Demner-Fushman D. et al., "
             "\"Preparing a collection of radiology examinations for distribution and retrieval\", "
-            "JAMIA 23(2):304-310, 2016): frontal and lateral radiographs with their radiology reports. "
-            "The target is the FINDINGS section and the clinical history is the INDICATION section."
+            "JAMIA 23(2):304-310, 2016): frontal and lateral radiographs with their radiology reports."
         ),
         licence_text=(
             "The reports are licensed CC BY-NC-ND 4.0 (non-commercial, no derivatives). These weights "
             "are released under the same licence as the most restrictive reading of those terms."
         ),
         target_text=(
-            "The training target is the FINDINGS section of IU X-ray reports from one US hospital "
-            "system. Report style, vocabulary and the mix of findings follow that source, and "
-            "de-identified words appear as \"XXXX\"."
+            "The training target is report text (the sections named above) of IU X-ray reports from "
+            "one US hospital system. Report style, vocabulary and the mix of findings follow that "
+            "source, and de-identified words appear as \"XXXX\"."
         ),
     ),
 }
+
+# Data sets whose data use terms forbid publishing report text. The retrieval bank stores sentences
+# of the training reports in the weights, so `prepare_hub_folder` rejects models trained on them.
+REPORT_TEXT_RESTRICTED_DATASETS: dict[str, str] = {
+    "mimic_cxr": (
+        "MIMIC-CXR reports are shared under the PhysioNet Credentialed Health Data Use Agreement, "
+        "which forbids sharing them, or text taken from them, with anyone who has not signed it"
+    ),
+}
+
+# Published IU X-ray results that follow R2Gen (Chen et al., EMNLP 2020) use this target.
+R2GEN_TARGET_SECTIONS: tuple[str, ...] = ("FINDINGS",)
 
 # NOTE: the template lives in the repository, not in the installed packages, so a wheel install
 # without the checkout needs `template=` (`--template`).
@@ -385,7 +397,8 @@ def render_model_card(
     generation_path = model_dir / GENERATION_CONFIG_FILE
     generation_config = json.loads(generation_path.read_text(encoding="utf-8")) if generation_path.is_file() else {}
 
-    dataset_name = _training_dataset_name(model_dir)
+    dataset = _read_training_dataset(model_dir)
+    dataset_name = str(dataset["name"])
     data_card = TRAINING_DATA_CARDS.get(dataset_name)
     if data_card is None and license is None:
         raise ModelFolderError(
@@ -438,24 +451,110 @@ def render_model_card(
         num_parameters=_count_parameters(model_dir),
         generation_summary=_generation_summary(generation_config),
         dataset_pretty_name=data_card.pretty_name,
-        dataset_description=data_card.description,
+        dataset_description=" ".join(part for part in (data_card.description, describe_report_sections(dataset)) if part),
         dataset_licence_text=data_card.licence_text,
+        retrieval_bank_text=describe_retrieval_bank(config),
         dataset_target_text=data_card.target_text,
         license_name=data_card.license_name if license == data_card.license else license,
         evaluation=evaluation_context,
     )
 
 
-def _training_dataset_name(model_dir: Path) -> str:
+def _read_training_dataset(model_dir: Path) -> dict[str, Any]:
+    """Return the `dataset` object of `training_data.json`: the data set name and its loader options."""
     path = model_dir / TRAINING_DATA_FILE
     if not path.is_file():
         raise ModelFolderError(
             f"{path} not found: the model card names the training data from this file, which `eir train` writes."
         )
     dataset = json.loads(path.read_text(encoding="utf-8")).get("dataset") or {}
-    if "name" not in dataset:
+    if not isinstance(dataset, dict) or "name" not in dataset:
         raise ModelFolderError(f"{path}: expected {{\"dataset\": {{\"name\": ...}}}}, got {dataset!r}.")
-    return str(dataset["name"])
+    return dataset
+
+
+def _section_loaders() -> dict[str, Any]:
+    # Imported here because the data loaders pull in `datasets`, which the rest of this module does not need.
+    from .data.iu_xray import load_iu_xray_records
+    from .data.mimic_cxr import load_mimic_cxr_records
+
+    return {"iu_xray": load_iu_xray_records, "mimic_cxr": load_mimic_cxr_records}
+
+
+def _join_names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def describe_report_sections(dataset: dict[str, Any]) -> str:
+    """Describe which report sections a model was trained to write and read as history.
+
+    `dataset` is the `dataset` object of `training_data.json`. Sections not set there are the
+    defaults of the data set's loader. Returns "" for data sets without report sections.
+    """
+    loader = _section_loaders().get(str(dataset["name"]))
+    if loader is None:
+        return ""
+    parameters = inspect.signature(loader).parameters
+    target = [str(name).upper() for name in dataset.get("target_sections", parameters["target_sections"].default)]
+    history = [str(name).upper() for name in dataset.get("history_sections", parameters["history_sections"].default)]
+    text = f"The target is the {_join_names(target)} {'section' if len(target) == 1 else 'sections'} of each report"
+    if history:
+        text += f", and the clinical history is the {_join_names(history)} {'section' if len(history) == 1 else 'sections'}."
+    else:
+        text += ", and no clinical history is given."
+    if dataset["name"] == "iu_xray" and tuple(target) != R2GEN_TARGET_SECTIONS:
+        text += (
+            f" Published IU X-ray results of R2Gen and the models compared with it use the "
+            f"{_join_names(list(R2GEN_TARGET_SECTIONS))} section only as the target, so the scores of this model "
+            "are not comparable with them."
+        )
+    return text
+
+
+def describe_retrieval_bank(config: dict[str, Any]) -> str:
+    """Describe the report text that the retrieval bank stores in the weights, from a `config.json` dict.
+
+    Fields missing from `config` take the `EIRConfig` defaults.
+    """
+    from configuration_eir import EIRConfig
+
+    bank_size = int(config.get("retrieval_bank_size") or 0)
+    entities = config.get("max_entities_per_report", EIRConfig.max_entities_per_report)
+    entity_length = config.get("max_entity_length", EIRConfig.max_entity_length)
+    if not config.get("use_knowledge_graph", EIRConfig.use_knowledge_graph) or bank_size == 0:
+        return (
+            "This model has no retrieval bank, so its weights store no sentences of the training reports as "
+            "token ids. The licence of the training reports still applies to the weights learnt from them."
+        )
+    return (
+        f"The weights contain text of the training reports. The retrieval bank of the knowledge graph "
+        f"(`encoder.knowledge_graph.bank_entity_ids` in `model.safetensors`) stores, for each of the {bank_size} "
+        f"training reports, up to {entities} findings sentences of the training target, "
+        f"each truncated to {entity_length} tokens, as token ids that the tokenizer in this "
+        "repository decodes back to text. The licence and data use terms of the training reports therefore apply "
+        "to these weights."
+    )
+
+
+def check_report_text_allowed(model_dir: str | Path, allow_report_text: bool = False) -> None:
+    """Raise `ModelFolderError` when the model was trained on a data set whose report text may not be published.
+
+    The data sets are those of `REPORT_TEXT_RESTRICTED_DATASETS`. `allow_report_text` skips the
+    check, for a user who has permission to share the text.
+    """
+    model_dir = Path(model_dir)
+    dataset_name = str(_read_training_dataset(model_dir)["name"])
+    reason = REPORT_TEXT_RESTRICTED_DATASETS.get(dataset_name)
+    if reason is None or allow_report_text:
+        if reason is not None:
+            logger.warning("Preparing a Hub folder for a model trained on %s, whose report text is restricted: %s.", dataset_name, reason)
+        return
+    raise ModelFolderError(
+        f"{model_dir} was trained on {dataset_name!r}, and its weights contain sentences of the training reports "
+        f"(the retrieval bank, `encoder.knowledge_graph.bank_entity_ids`). {reason}. Share the model only with "
+        "users bound by the same agreement, and keep any Hub repository private and limited to them. If you have "
+        "permission to publish the report text, pass --allow-report-text (allow_report_text=True)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,6 +567,7 @@ def prepare_hub_folder(
     output_dir: str | Path,
     metrics_path: str | Path | None = None,
     include_evaluation: bool = True,
+    allow_report_text: bool = False,
     **card_kwargs: Any,
 ) -> Path:
     """Write a Hub-ready copy of a model folder: weights, configs, processor files, code and card.
@@ -478,10 +578,14 @@ def prepare_hub_folder(
         metrics_path: `metrics_<split>.json` from `eir evaluate`. Defaults to
             `metrics_test.json` in the model folder's parent, where `eir evaluate` writes it.
         include_evaluation: False writes a card without scores and reads no metrics file.
+        allow_report_text: write the folder even when the model was trained on a data set of
+            `REPORT_TEXT_RESTRICTED_DATASETS`, whose report text the retrieval bank in the weights
+            contains. Set it only with permission to publish that text.
         card_kwargs: passed to `render_model_card` (`repo_id`, `license`, `model_name`,
             `template`, `dataset_ids`).
 
-    Returns the output folder. Raises `ModelFolderError` when a required file is missing.
+    Returns the output folder. Raises `ModelFolderError` when a required file is missing, or when
+    the training reports may not be published (see `check_report_text_allowed`).
     """
     model_dir = Path(model_dir)
     output_dir = Path(output_dir)
@@ -492,6 +596,7 @@ def prepare_hub_folder(
     missing = [name for name in REQUIRED_MODEL_FILES if name not in REMOTE_CODE_FILES and not (model_dir / name).is_file()]
     if missing:
         raise ModelFolderError(f"{model_dir} is missing {missing}; expected a model folder written by `eir train`.")
+    check_report_text_allowed(model_dir, allow_report_text=allow_report_text)
 
     evaluation = None
     if include_evaluation:
@@ -586,6 +691,12 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         help="Hub data set id for the card's `datasets` field; repeat for several. Default: none.",
     )
     parser.add_argument("--template", help=f"Jinja model card template. Default: {DEFAULT_TEMPLATE}.")
+    parser.add_argument(
+        "--allow-report-text",
+        action="store_true",
+        help="Write the folder for a model trained on MIMIC-CXR, whose data use agreement forbids sharing report "
+        "text. The weights contain sentences of the training reports, so give this only with permission to publish them.",
+    )
     parser.add_argument("--commit-message", default="Upload EIR model", help="Commit message of the upload.")
 
 
@@ -610,6 +721,7 @@ def push_from_args(args: argparse.Namespace) -> PushResult:
         output_dir,
         metrics_path=metrics_path,
         include_evaluation=not args.no_evaluation,
+        allow_report_text=args.allow_report_text,
         repo_id=args.repo_id,
         license=args.license,
         model_name=args.model_name,

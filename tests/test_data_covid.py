@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -55,9 +56,9 @@ def test_counts_per_split(records):
     for record in records:
         images[record["split"]] += len(record["image_paths"])
         patients.setdefault(record["split"], set()).add(record["patient_id"])
-    assert studies == {"train": 191, "validation": 37, "test": 34}
-    assert images == {"train": 219, "validation": 41, "test": 37}
-    assert {split: len(ids) for split, ids in patients.items()} == {"train": 105, "validation": 22, "test": 21}
+    assert studies == {"train": 186, "validation": 37, "test": 34}
+    assert images == {"train": 213, "validation": 41, "test": 37}
+    assert {split: len(ids) for split, ids in patients.items()} == {"train": 103, "validation": 22, "test": 21}
 
 
 @requires_data
@@ -78,6 +79,33 @@ def test_studies_group_rows_by_offset(records):
 @requires_data
 def test_patient_disjoint(records):
     check_patient_disjoint(records)
+
+
+@requires_data
+def test_no_studies_share_image_bytes(records):
+    study_of_images: dict[tuple[str, ...], str] = {}
+    for record in records:
+        images = tuple(sorted(hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in record["image_paths"]))
+        first = study_of_images.setdefault(images, record["study_id"])
+        assert first == record["study_id"], f"{record['study_id']} repeats the image files of {first}"
+
+
+@requires_data
+def test_duplicate_studies_dropped(records, caplog):
+    study_ids = {record["study_id"] for record in records}
+    assert {"285_30", "285_210", "285_240", "287_7"} <= study_ids
+    assert not {"339_30", "339_210", "339_240", "340_7"} & study_ids
+    with caplog.at_level(logging.INFO, logger="eir.data.covid"):
+        load_covid_chestxray_records(COVID_DIR)
+    assert any(message.startswith("Dropped 5 COVID-19 collection studies whose image files are byte-identical") for message in caplog.messages)
+
+
+@requires_data
+def test_raw_patient_id_in_metadata(records):
+    for record in records:
+        raw_id = json.loads(record["metadata"])["patientid"]
+        assert record["study_id"].startswith(f"{raw_id}_"), record["study_id"]
+        assert record["patient_id"] == raw_id or record["patient_id"] < raw_id, record["study_id"]
 
 
 @requires_data
@@ -126,14 +154,14 @@ def test_metadata_attribution(records):
 @requires_data
 def test_dataset_dict_columns():
     dataset = load_study_dataset("covid_chestxray", data_dir=COVID_DIR.parent)
-    assert {name: len(split) for name, split in dataset.items()} == {"train": 191, "validation": 37, "test": 34}
+    assert {name: len(split) for name, split in dataset.items()} == {"train": 186, "validation": 37, "test": 34}
     assert dataset["train"].column_names == list(STUDY_COLUMNS)
 
 
 @requires_data
 def test_include_views_filters_rows():
     records = load_covid_chestxray_records(COVID_DIR, include_views={"PA"})
-    assert sum(len(record["image_paths"]) for record in records) == 143
+    assert sum(len(record["image_paths"]) for record in records) == 139
     assert {view for record in records for view in record["views"]} == {"PA"}
 
 
@@ -142,11 +170,10 @@ def test_seeded_split_groups_identical_cases():
     first = load_covid_chestxray_records(COVID_DIR, split=None, seed=5)
     second = load_covid_chestxray_records(COVID_DIR, split=None, seed=5)
     assert [(record["study_id"], record["split"]) for record in first] == [(record["study_id"], record["split"]) for record in second]
-    assert len(first) == 262
-    split_of_patient = {record["patient_id"]: record["split"] for record in first}
-    # Patients 339 and 340 repeat the images and notes of patients 285 and 287.
-    assert split_of_patient["339"] == split_of_patient["285"]
-    assert split_of_patient["340"] == split_of_patient["287"]
+    assert len(first) == 257
+    # Patients 339 and 340 repeat the images and notes of patients 285 and 287, so their repeated
+    # studies are dropped and no study keeps their ids.
+    assert not {"339", "340"} & {record["patient_id"] for record in first}
     check_patient_disjoint(first)
     seen: dict[str, str] = {}
     for record in first:
@@ -166,7 +193,7 @@ def test_split_file_missing_patients_dropped(tmp_path, caplog):
         records = load_covid_chestxray_records(COVID_DIR, split=partial)
 
     assert "17" not in {record["patient_id"] for record in records}
-    assert len(records) == 262 - 3
+    assert len(records) == 257 - 3
     assert any("Dropped 3 " in message and "patients 17" in message for message in caplog.messages)
 
 
@@ -234,5 +261,56 @@ def test_synthetic_identical_images_grouped(tmp_path):
 
     for seed in range(10):
         records = load_covid_chestxray_records(tmp_path, split=None, seed=seed, fractions=(0.5, 0.25, 0.25))
-        split_of_patient = {record["patient_id"]: record["split"] for record in records}
-        assert split_of_patient["10"] == split_of_patient["7"]
+        by_id = {record["study_id"]: record for record in records}
+        assert by_id["7_2"]["split"] == by_id["10_5"]["split"]
+
+
+def _raw_patient_ids(records) -> dict[str, str]:
+    return {record["study_id"]: json.loads(record["metadata"])["patientid"] for record in records}
+
+
+def test_linked_patients_share_id(tmp_path):
+    _write_synthetic_collection(tmp_path)
+    # Patient 10 repeats one image of patient 7; patient 11 repeats the note of patient 8.
+    (tmp_path / "images" / "g.png").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    Image.new("L", (4, 4), color=200).save(tmp_path / "images" / "h.png")
+    with (tmp_path / "metadata.csv").open("a", encoding="utf-8", newline="") as handle:
+        handle.write("10,5,,,,,,,,,,,,,,,,PA,X-ray,,,images,g.png,,,,Copy of case seven.,,\n")
+        handle.write("11,4,,,,,,,,,,,,,,,,PA,X-ray,,,images,h.png,,,,Second case.,,\n")
+
+    records = load_covid_chestxray_records(tmp_path, split=None, seed=0)
+    patient_of_study = {record["study_id"]: record["patient_id"] for record in records}
+
+    # Group ids are the smallest raw id of the group in string order.
+    assert patient_of_study["7_2"] == patient_of_study["10_5"] == "10"
+    assert patient_of_study["8_c.png"] == patient_of_study["8_d.png"] == patient_of_study["11_4"] == "11"
+    assert _raw_patient_ids(records) == {"7_2": "7", "10_5": "10", "8_c.png": "8", "8_d.png": "8", "11_4": "11"}
+
+
+def test_synthetic_repeated_study_dropped(tmp_path, caplog):
+    _write_synthetic_collection(tmp_path)
+    # Patient 12 repeats both images of study 7_2 under new names, with another note.
+    for source, target in (("a.png", "a2.png"), ("b.png", "b2.png")):
+        (tmp_path / "images" / target).write_bytes((tmp_path / "images" / source).read_bytes())
+    with (tmp_path / "metadata.csv").open("a", encoding="utf-8", newline="") as handle:
+        handle.write("12,2,,,,,,,,,,,,,,,,PA,X-ray,,,images,b2.png,,,,Repeated case.,,\n")
+        handle.write("12,2,,,,,,,,,,,,,,,,L,X-ray,,,images,a2.png,,,,Repeated case.,,\n")
+
+    with caplog.at_level(logging.INFO, logger="eir.data.covid"):
+        records = load_covid_chestxray_records(tmp_path, split=None, seed=0)
+
+    # "12_2" sorts before "7_2" in (patient id, study id) string order, so it is the one kept.
+    assert sorted(record["study_id"] for record in records) == ["12_2", "8_c.png", "8_d.png"]
+    assert any("Dropped 1 COVID-19 collection studies" in message and "'7_2': '12_2'" in message for message in caplog.messages)
+
+
+def test_split_file_separating_case_raises(tmp_path):
+    _write_synthetic_collection(tmp_path)
+    (tmp_path / "images" / "g.png").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    with (tmp_path / "metadata.csv").open("a", encoding="utf-8", newline="") as handle:
+        handle.write("10,5,,,,,,,,,,,,,,,,PA,X-ray,,,images,g.png,,,,Copy of case seven.,,\n")
+    split_file = tmp_path / "splits.csv"
+    split_file.write_text("patientid,split\n7,train\n8,train\n10,test\n", encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"Patient '10' occurs in both 'train' .* and 'test'.*splits\.csv"):
+        load_covid_chestxray_records(tmp_path, split=split_file)

@@ -23,6 +23,7 @@ from eir.data.iu_xray import (
 from eir.data.records import STUDY_COLUMNS
 from eir.data.splits import check_patient_disjoint, write_split_file
 from eir.paths import default_data_dir
+from eir.recipes import load_recipe
 
 IU_DIR = default_data_dir() / "openi"
 pytestmark = pytest.mark.skipif(
@@ -183,6 +184,14 @@ def test_no_images_logs_one_warning(caplog):
 def test_no_images_required_raises():
     with pytest.raises(MissingImagesError, match=r"2955 of 2955.*images_dir="):
         load_iu_xray(IU_DIR, require_images=True)
+
+
+def test_recipe_without_images_fails_at_load():
+    recipe = load_recipe("iu_xray")
+    options = {key: value for key, value in recipe.dataset.items() if key != "name"}
+    assert options["require_images"] is True
+    with pytest.raises(MissingImagesError, match="images_dir="):
+        load_study_dataset(recipe.dataset["name"], data_dir=IU_DIR.parent, **options)
 
 
 def test_missing_images_dir_raises(tmp_path):

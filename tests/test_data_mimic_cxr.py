@@ -292,3 +292,12 @@ def test_recipe_dataset_options(mimic_root):
     assert recipe.model["vision_config"]["depths"] == [3, 4, 6, 3]
     assert dataset["validation"][0]["views"] == ["PA", "L"]
     assert dataset["train"].num_rows == 2
+
+
+def test_split_table_patient_overlap_raises(tmp_path, monkeypatch):
+    # Subject 10000032 gets a second study in the test split.
+    overlapping = [*STUDIES, ("10000032", "59999999", "test", REPORT_TEST, [("d-pa-8", "PA", True)])]
+    monkeypatch.setitem(globals(), "STUDIES", overlapping)
+    root = write_mimic_tree(tmp_path / "mimic")
+    with pytest.raises(ValueError, match=r"Patient '10000032' occurs in both 'train' .* and 'test' .*split\.csv\.gz"):
+        load_mimic_cxr_records(root)

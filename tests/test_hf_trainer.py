@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,53 @@ def test_trainer_epoch_evaluation_on_record_list(trained_model_dir, processor, c
     assert math.isfinite(evaluations[0]["eval_loss"])
     assert "eval_BLEU-4" in evaluations[0]
     assert trainer.state.global_step == 1
+
+
+def test_collator_error_names_unreadable_studies(covid_dataset, processor, tmp_path):
+    rows = covid_dataset["train"].select(range(2)).to_list()
+    missing = [str(tmp_path / "missing-a.png"), str(tmp_path / "missing-b.png")]
+    rows = [{**row, "image_paths": [path]} for row, path in zip(rows, missing)]
+    with pytest.raises(ValueError, match="Remove these studies from the dataset") as error:
+        EIRDataCollator(processor)(rows)
+    for row, path in zip(rows, missing):
+        assert row["study_id"] in str(error.value)
+        assert path in str(error.value)
+
+
+def test_collator_error_counts_none_items(processor):
+    with pytest.raises(ValueError, match="2 items that the dataset returned as None"):
+        EIRDataCollator(processor)([None, None])
+
+
+def test_trainer_drops_studies_without_image_files(trained_model_dir, processor, covid_dataset, tmp_path):
+    model = EIRForReportGeneration.from_pretrained(trained_model_dir)
+    studies = covid_dataset["train"].select(range(3))
+    missing_id = studies[1]["study_id"]
+    broken = studies.map(lambda row: {"image_paths": [str(tmp_path / "missing.png")]} if row["study_id"] == missing_id else {})
+    records = broken.to_list()
+
+    trainer = build_seq2seq_trainer(model, processor, _arguments(tmp_path), train_dataset=broken, eval_dataset=records)
+
+    assert missing_id not in trainer.train_dataset["study_id"]
+    assert len(trainer.train_dataset) == 2
+    assert [record["study_id"] for record in trainer.eval_dataset] == [studies[0]["study_id"], studies[2]["study_id"]]
+    kept = build_seq2seq_trainer(model, processor, _arguments(tmp_path), train_dataset=records, drop_missing_images=False)
+    assert len(kept.train_dataset) == 3
+
+
+def test_trainer_leaves_model_generation_config(trained_model_dir, processor, covid_dataset, tmp_path):
+    model = EIRForReportGeneration.from_pretrained(trained_model_dir)
+    saved = model.generation_config.to_dict()
+    assert saved["max_new_tokens"] is not None
+    studies = covid_dataset["validation"].select(range(2))
+    trainer = build_seq2seq_trainer(model, processor, _arguments(tmp_path, generation_max_length=5), eval_dataset=studies)
+
+    output = trainer.predict(studies)
+    trainer.save_model(str(tmp_path / "saved"))
+
+    # Evaluation generates with max_length=5, start token included.
+    assert output.predictions.shape[1] == 5
+    assert model.generation_config.to_dict() == saved
+    written = json.loads((tmp_path / "saved" / "generation_config.json").read_text())
+    assert written["max_new_tokens"] == saved["max_new_tokens"]
+    assert "max_length" not in written or written["max_length"] == saved.get("max_length")

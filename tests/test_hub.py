@@ -206,3 +206,61 @@ def test_missing_template(trained_model_dir, tmp_path):
         prepare_hub_folder(
             trained_model_dir, tmp_path / "hub", include_evaluation=False, template=tmp_path / "no_template.md"
         )
+
+
+def test_card_describes_retrieval_bank(hub_dir, evaluated_model_dir):
+    config = json.loads((evaluated_model_dir / "config.json").read_text())
+    text = " ".join((hub_dir / "README.md").read_text().split())
+    assert config["retrieval_bank_size"] > 0
+    assert "The weights contain text of the training reports." in text
+    assert "`encoder.knowledge_graph.bank_entity_ids`" in text
+    assert f"for each of the {config['retrieval_bank_size']} training reports" in text
+    assert f"up to {config['max_entities_per_report']} findings sentences" in text
+    assert f"each truncated to {config['max_entity_length']} tokens" in text
+    assert "The licence and data use terms of the training reports therefore apply to these weights." in text
+
+
+def _copy_with_dataset(trained_model_dir: Path, tmp_path: Path, dataset: dict) -> Path:
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model_dir)
+    (model_dir / "training_data.json").write_text(json.dumps({"dataset": dataset}))
+    return model_dir
+
+
+def test_mimic_model_needs_allow_report_text(trained_model_dir, tmp_path):
+    model_dir = _copy_with_dataset(trained_model_dir, tmp_path, {"name": "mimic_cxr"})
+    with pytest.raises(ModelFolderError, match="PhysioNet Credentialed Health Data Use Agreement") as error:
+        prepare_hub_folder(model_dir, tmp_path / "hub", include_evaluation=False, license="other")
+    assert "--allow-report-text" in str(error.value)
+    assert "bank_entity_ids" in str(error.value)
+    assert not (tmp_path / "hub").exists()
+
+    folder = prepare_hub_folder(model_dir, tmp_path / "hub", include_evaluation=False, license="other", allow_report_text=True)
+    text = " ".join((folder / "README.md").read_text().split())
+    assert "The target is the FINDINGS section of each report, and the clinical history is the INDICATION and HISTORY sections." in text
+
+
+def test_cli_push_allow_report_text(trained_model_dir, tmp_path):
+    model_dir = _copy_with_dataset(trained_model_dir, tmp_path, {"name": "mimic_cxr"})
+    arguments = ["--log-level", "ERROR", "push", "--model", str(model_dir), "--no-evaluation", "--license", "other", "--dry-run"]
+    with pytest.raises(ModelFolderError, match="--allow-report-text"):
+        eir_main(arguments)
+    assert eir_main([*arguments, "--allow-report-text"]) == 0
+    assert (tmp_path / "hub" / "README.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected", "comparable"),
+    [
+        ({}, "The target is the FINDINGS and IMPRESSION sections of each report, and the clinical history is the INDICATION and COMPARISON sections.", False),
+        ({"target_sections": ["FINDINGS"], "history_sections": ["INDICATION"]}, "The target is the FINDINGS section of each report, and the clinical history is the INDICATION section.", True),
+        ({"target_sections": ["FINDINGS", "IMPRESSION"], "history_sections": []}, "The target is the FINDINGS and IMPRESSION sections of each report, and no clinical history is given.", False),
+    ],
+)
+def test_iu_card_sections_from_training_data(trained_model_dir, tmp_path, sections, expected, comparable):
+    model_dir = _copy_with_dataset(trained_model_dir, tmp_path, {"name": "iu_xray", **sections})
+    folder = prepare_hub_folder(model_dir, tmp_path / "hub", include_evaluation=False)
+    text = " ".join((folder / "README.md").read_text().split())
+    assert expected in text
+    assert ("not comparable" not in text) == comparable
+    assert "The target is the FINDINGS section and the clinical history is the INDICATION section." not in text

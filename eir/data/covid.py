@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 
 from eir.data.records import StudyRecord, encode_metadata, records_to_dataset_dict
-from eir.data.splits import apply_split_file, group_patients, split_by_patient
+from eir.data.splits import apply_split_file, check_patient_disjoint, group_patients, split_by_patient
 from eir.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
@@ -143,20 +143,52 @@ def _study_key(row: dict[str, str]) -> tuple[str, str]:
     return row["patientid"], f"file:{row['filename']}"
 
 
-def _link_identical_cases(records: Sequence[StudyRecord]) -> dict[str, str]:
+def _image_digests(records: Sequence[StudyRecord]) -> dict[str, str]:
+    """Return the SHA-256 hex digest of every image file of `records`, keyed by path."""
+    digests: dict[str, str] = {}
+    for record in records:
+        for image_path in record["image_paths"]:
+            if image_path not in digests:
+                digests[image_path] = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
+    return digests
+
+
+def _link_identical_cases(records: Sequence[StudyRecord], digests: dict[str, str]) -> dict[str, str]:
     """Group patients whose image bytes or clinical notes are identical: the collection lists some cases under two patient ids."""
     patients_by_key: dict[str, set[str]] = defaultdict(set)
     for record in records:
         patients_by_key["note:" + record["report"]].add(record["patient_id"])
         for image_path in record["image_paths"]:
-            digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
-            patients_by_key["image:" + digest].add(record["patient_id"])
+            patients_by_key["image:" + digests[image_path]].add(record["patient_id"])
     linked = [sorted(patients) for patients in patients_by_key.values() if len(patients) > 1]
     groups = group_patients(linked)
     merged = {patient for patient, group in groups.items() if patient != group}
     if merged:
         logger.info("Grouped %d COVID-19 collection patients with another patient that shares an image or a note: %s.", len(merged), {patient: groups[patient] for patient in sorted(merged)})
     return groups
+
+
+def _drop_duplicate_studies(records: Sequence[StudyRecord], digests: dict[str, str]) -> list[StudyRecord]:
+    """Drop every study whose image files are byte-identical to those of another study.
+
+    The collection repeats some studies under a second patient id or a second file name. Of each
+    set of duplicates, the study first in (patient id, study id) string order is kept. The kept
+    studies stay in their input order.
+    """
+    kept_by_images: dict[tuple[str, ...], str] = {}
+    duplicate_of: dict[str, str] = {}
+    for record in sorted(records, key=lambda record: (record["patient_id"], record["study_id"])):
+        images = tuple(sorted(digests[image_path] for image_path in record["image_paths"]))
+        kept_study = kept_by_images.setdefault(images, record["study_id"])
+        if kept_study != record["study_id"]:
+            duplicate_of[record["study_id"]] = kept_study
+    if duplicate_of:
+        logger.info(
+            "Dropped %d COVID-19 collection studies whose image files are byte-identical to those of a kept study (dropped: kept): %s.",
+            len(duplicate_of),
+            duplicate_of,
+        )
+    return [record for record in records if record["study_id"] not in duplicate_of]
 
 
 def load_covid_chestxray_records(
@@ -172,6 +204,11 @@ def load_covid_chestxray_records(
     one patient with the same `offset` form one study, with the images in row order. A row whose
     offset is blank or "?" is a study of its own. `history` comes from `build_history`. `report` is
     the clinical note (distinct notes of the study's rows joined with a space).
+
+    Patients whose image bytes or notes are identical are linked into one case, and `patient_id`
+    is the case's group id (see `group_patients`); `metadata["patientid"]` keeps the id of
+    metadata.csv. A study whose image files are byte-identical to those of another study is
+    dropped, and the drop is logged.
     """
     folder = resolve_covid_dir(data_dir)
     rows = read_covid_metadata(folder / METADATA_FILE)
@@ -198,6 +235,7 @@ def load_covid_chestxray_records(
         rows_by_study[_study_key(row)].append(row)
 
     records: list[StudyRecord] = []
+    metadata_by_study: dict[str, dict[str, object]] = {}
     for (patient_id, study_key), study_rows in rows_by_study.items():
         image_paths: list[str] = []
         views: list[str] = []
@@ -211,10 +249,13 @@ def load_covid_chestxray_records(
             citation=_CITATION,
             offset=study_rows[0]["offset"] if _known(study_rows[0]["offset"]) else "",
             filenames=[row["filename"] for row in study_rows],
+            patientid=patient_id,
         )
+        study_id = f"{patient_id}_{study_key.removeprefix('file:')}"
+        metadata_by_study[study_id] = metadata
         records.append(
             StudyRecord(
-                study_id=f"{patient_id}_{study_key.removeprefix('file:')}",
+                study_id=study_id,
                 patient_id=patient_id,
                 image_paths=image_paths,
                 views=views,
@@ -222,13 +263,39 @@ def load_covid_chestxray_records(
                 report=_merge_notes([row["clinical_notes"] for row in study_rows]),
                 split="",
                 source=SOURCE_NAME,
-                metadata=encode_metadata(metadata),
+                metadata="",
             )
         )
 
-    # 3. Assign splits.
+    # 3. Link the patients of one case, then drop repeated studies. Linking comes first because the
+    # repeated studies are what link the patient ids of a case.
+    digests = _image_digests(records)
+    groups = _link_identical_cases(records, digests)
+    records = _drop_duplicate_studies(records, digests)
+
+    # 4. Assign splits by the patient ids of metadata.csv, then replace each patient id with its
+    # group id, so that retrieval also skips the studies of linked patients. The original id stays
+    # in `metadata["patientid"]`.
+    assigned = _assign_splits(records, folder, split, seed, fractions, groups)
+    for record in assigned:
+        record["patient_id"] = groups.get(record["patient_id"], record["patient_id"])
+        record["metadata"] = encode_metadata(metadata_by_study[record["study_id"]])
+    if split is not None:
+        check_patient_disjoint(assigned, source=f"the split file {split}")
+    return assigned
+
+
+def _assign_splits(
+    records: list[StudyRecord],
+    folder: Path,
+    split: str | Path | None,
+    seed: int,
+    fractions: Sequence[float],
+    groups: dict[str, str],
+) -> list[StudyRecord]:
+    """Set the split of each record from the split file `split`, or by linked patient groups when it is None."""
     if split is None:
-        return split_by_patient(records, fractions=fractions, seed=seed, groups=_link_identical_cases(records))
+        return split_by_patient(records, fractions=fractions, seed=seed, groups=groups)
     split_path = Path(split)
     if not split_path.is_absolute() and not split_path.is_file() and (folder / split_path).is_file():
         split_path = folder / split_path
@@ -267,7 +334,8 @@ def load_covid_chestxray(
             folder. The default is the fixed patient split `splits.csv`. Studies of patients it does not list are
             dropped with a warning. None builds a patient split with `seed` and `fractions`, keeping
             patients whose image bytes or notes are identical in one split, because the collection
-            lists some cases under two patient ids.
+            lists some cases under two patient ids. A split file that puts linked patients in two
+            splits raises `ValueError`.
         include_views: view values to keep ("PA", "AP", "AP Supine", "L", "" for unknown);
             None keeps all.
     """

@@ -25,7 +25,7 @@ from typing import Any
 import datasets
 
 from eir.data.records import StudyRecord, encode_metadata, records_to_dataset_dict
-from eir.data.splits import normalize_split_name, split_by_patient
+from eir.data.splits import check_patient_disjoint, normalize_split_name, split_by_patient
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def load_imagefolder_records(
         raise ValueError(f"{path} lists no study with an image file.")
 
     if all(has_split):
+        check_patient_disjoint(records, source=str(path))
         logger.info("Loaded %d studies from %s with the splits it gives.", len(records), path)
         return records
     if any(has_split):

@@ -33,7 +33,7 @@ from pathlib import Path
 import datasets
 
 from eir.data.records import StudyRecord, encode_metadata, records_to_dataset_dict
-from eir.data.splits import apply_split_file, normalize_split_name, split_by_patient
+from eir.data.splits import apply_split_file, check_patient_disjoint, normalize_split_name, split_by_patient
 from eir.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
@@ -388,6 +388,7 @@ def load_iu_xray_records(
         if len(kept) < len(records):
             logger.info("Dropped %d IU X-ray studies not listed in the R2Gen split file %s.", len(records) - len(kept), split_path)
         records = kept
+        check_patient_disjoint(records, source=f"the R2Gen split file {split_path}")
     else:
         records, unmatched = apply_split_file(records, split)
         if unmatched:

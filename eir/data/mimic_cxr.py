@@ -39,6 +39,7 @@ import datasets
 
 from eir.data.iu_xray import MissingImagesError
 from eir.data.records import StudyRecord, encode_metadata, records_to_dataset_dict
+from eir.data.splits import check_patient_disjoint
 from eir.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
@@ -353,6 +354,7 @@ def load_mimic_cxr_records(
         )
 
     logger.info("Loaded %d MIMIC-CXR studies from %s; dropped: %s.", len(records), folder, dict(dropped))
+    check_patient_disjoint(records, source=f"the split table {_find_table(folder, 'split')}")
     if require_images and images_found == 0:
         raise MissingImagesError(
             f"No MIMIC-CXR-JPG image found under {image_root} (expected files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg). "

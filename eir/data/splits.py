@@ -161,7 +161,8 @@ def apply_split_file(records: Sequence[dict[str, Any]], path: str | Path) -> tup
 
     A record is matched by study id when the file has a `study_id` column, else by patient id.
     Returns `(assigned, unmatched)`: new dicts with the split set, and the records the file does not
-    list (unchanged). The caller decides whether unmatched records are an error.
+    list (unchanged). The caller decides whether unmatched records are an error. Raises
+    `ValueError` when the file puts studies of one patient in two splits.
     """
     table = read_split_file(path)
     key, mapping = ("study_id", table["study"]) if table["study"] else ("patient_id", table["patient"])
@@ -173,16 +174,26 @@ def apply_split_file(records: Sequence[dict[str, Any]], path: str | Path) -> tup
             unmatched.append(record)
         else:
             assigned.append({**record, "split": split})
+    check_patient_disjoint(assigned, source=f"the split file {path}")
     return assigned, unmatched
 
 
-def check_patient_disjoint(records: Iterable[dict[str, Any]]) -> None:
-    """Raise `ValueError` naming a patient id that occurs in more than one split."""
-    split_of_patient: dict[str, str] = {}
+def check_patient_disjoint(records: Iterable[dict[str, Any]], source: str | None = None) -> None:
+    """Raise `ValueError` naming a patient id that occurs in more than one split.
+
+    `source` names where the splits came from (such as the split file) in the message.
+    """
+    split_of_patient: dict[str, tuple[str, str]] = {}
     for record in records:
-        previous = split_of_patient.setdefault(record["patient_id"], record["split"])
-        if previous != record["split"]:
-            raise ValueError(f"Patient {record['patient_id']!r} occurs in both {previous!r} and {record['split']!r}; splits must be patient-disjoint.")
+        patient_id, split = record["patient_id"], record["split"]
+        previous_split, previous_study = split_of_patient.setdefault(patient_id, (split, record.get("study_id", "")))
+        if previous_split != split:
+            origin = f" in {source}" if source else ""
+            raise ValueError(
+                f"Patient {patient_id!r} occurs in both {previous_split!r} (study {previous_study!r}) and "
+                f"{split!r} (study {record.get('study_id', '')!r}){origin}; splits must be patient-disjoint. "
+                "Assign all studies of a patient to one split."
+            )
 
 
 __all__ = [
