@@ -76,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (torch threads: "
-        f"{torch.get_num_threads()}), torch {torch.__version__}, no GPU; cores shared with other jobs, so the "
-        "numbers are lower bounds of what the machine does alone"
+        f"{torch.get_num_threads()}), torch {torch.__version__}, no GPU"
     )
     rows = []
     for backbone in args.backbones:

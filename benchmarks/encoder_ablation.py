@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     data_args = ["--data-dir", args.data_dir] if args.data_dir else []
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}, shared with other jobs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "runs": {},
     }

@@ -19,7 +19,6 @@ one step per token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

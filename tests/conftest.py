@@ -15,6 +15,25 @@ import pytest  # noqa: E402
 from eir.paths import default_data_dir  # noqa: E402
 
 COVID_DIR_NAME = "covid-chestxray"
+HISTORY = "Fever and dry cough for five days."
+
+
+def covid_image(data_root: Path) -> Path:
+    """Return the first JPEG of the real COVID-19 collection."""
+    images = sorted((data_root / COVID_DIR_NAME / "images").glob("*.jpg"))
+    assert images, f"no JPEG image under {data_root / COVID_DIR_NAME / 'images'}"
+    return images[0]
+
+
+def generate_text(model, processor, image: Path) -> tuple[list[int], str]:
+    """Greedy report for one study with one view, as token ids and decoded text."""
+    import torch
+
+    inputs = processor(images=[[str(image)]], history=[HISTORY])
+    model.eval()
+    with torch.no_grad():
+        output_ids = model.generate(**inputs, max_new_tokens=12, num_beams=1, do_sample=False)
+    return output_ids[0].tolist(), processor.batch_decode(output_ids, skip_special_tokens=True)[0]
 
 
 @pytest.fixture(scope="session")

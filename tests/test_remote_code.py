@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from eir.hub import (
     CONFIG_AUTO_MAP,
@@ -22,22 +21,7 @@ from eir.hub import (
     prepare_hub_folder,
 )
 
-HISTORY = "Fever and dry cough for five days."
-
-
-def covid_image(data_root: Path) -> Path:
-    images = sorted((data_root / "covid-chestxray" / "images").glob("*.jpg"))
-    assert images, f"no JPEG image under {data_root / 'covid-chestxray' / 'images'}"
-    return images[0]
-
-
-def generate_text(model, processor, image: Path) -> tuple[list[int], str]:
-    """Greedy report for one study with one view, as token ids and decoded text."""
-    inputs = processor(images=[[str(image)]], history=[HISTORY])
-    model.eval()
-    with torch.no_grad():
-        output_ids = model.generate(**inputs, max_new_tokens=12, num_beams=1, do_sample=False)
-    return output_ids[0].tolist(), processor.batch_decode(output_ids, skip_special_tokens=True)[0]
+from conftest import HISTORY, covid_image, generate_text  # noqa: E402
 
 
 # Runs in a fresh interpreter, from a working directory outside the repository. The EIR packages
