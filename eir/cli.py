@@ -141,7 +141,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
     from .training import load_training_data_records
 
-    model_dir = Path(args.model)
+    model_dir = _check_model_dir(args.model)
     split_records = load_training_data_records(model_dir, args.data_dir)
     generation_kwargs = {}
     if args.num_beams:
@@ -158,6 +158,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(results["table"])
     print(f"Metrics, predictions and table written to {output_dir}")
     return 0
+
+
+def _check_model_dir(path: str) -> Path:
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--model {path}: not a saved EIR model folder (no config.json there). Pass the `model` folder that "
+            "`eir train` writes, e.g. outputs/quickstart/model."
+        )
+    return folder
 
 
 def collect_studies(args: argparse.Namespace) -> list[dict]:
@@ -224,6 +234,9 @@ def run_generate(args: argparse.Namespace) -> int:
     from modeling_eir import EIRForReportGeneration
     from processing_eir import EIRProcessor
 
+    if args.image and args.studies:
+        raise SystemExit("eir generate: pass either --image (one study) or --studies (a batch), not both.")
+    _check_model_dir(args.model)
     studies = collect_studies(args)
     if not studies:
         raise SystemExit("eir generate: no study found in the input.")
@@ -300,11 +313,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # accelerate warns at every checkpoint that it dropped the tied lm_head weight; the model
+    # re-ties it from the input embedding on loading, so the warning is noise here.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     import eir  # noqa: F401  (registers the Auto classes)
 
     handlers = {"train": run_train, "evaluate": run_evaluate, "generate": run_generate, "push": run_push}
     return handlers[args.command](args)
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def console_main() -> int:
+    """Entry point of the `eir` command: user errors print one line instead of a traceback."""
+    try:
+        return main()
+    except USER_ERRORS as error:
+        print(f"eir: error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

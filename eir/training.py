@@ -506,7 +506,8 @@ def validate(
     )
     unwrapped.train()
     metrics = compute_report_metrics(predictions, references, protocol="raw", include_meteor=False)
-    metrics = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+    # METEOR is skipped here (NaN), and NaN is not valid JSON in the saved training state.
+    metrics = {key: value for key, value in metrics.items() if isinstance(value, (int, float)) and value == value}
     metrics["loss"] = float(torch.cat(losses).mean()) if losses else float("nan")
     return metrics
 

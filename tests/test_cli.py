@@ -109,3 +109,18 @@ def test_evaluate_prints_table_with_baselines(trained_model_dir, data_root, tmp_
         assert 0.0 <= eir_row[metric] <= 10.0, metric
     predictions = (tmp_path / "predictions_validation.jsonl").read_text().splitlines()
     assert len(predictions) == 37
+
+
+def test_console_error_is_one_line(tmp_path):
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "eir"), "generate", "--model", str(tmp_path / "missing"), "--image", "x.png"],
+        capture_output=True, text=True,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("eir: error: --model")
+    assert "Traceback" not in completed.stderr
+
+
+def test_generate_rejects_image_with_studies(trained_model_dir, tmp_path):
+    with pytest.raises(SystemExit, match="not both"):
+        main(["generate", "--model", str(trained_model_dir), "--image", "a.png", "--studies", str(tmp_path)])
