@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # accelerate warns at every checkpoint that it dropped the tied lm_head weight; the model
+    # accelerate warns at every checkpoint that it dropped the tied lm_head weight. The model
     # re-ties it from the input embedding on loading, so the warning is noise here.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     import eir  # noqa: F401  (registers the Auto classes)

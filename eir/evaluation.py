@@ -69,9 +69,7 @@ def generate_reports(
 
 
 @torch.no_grad()
-def study_embeddings(
-    model: EIRForReportGeneration, loader: DataLoader, num_records: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def study_embeddings(model: EIRForReportGeneration, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Return image embeddings (N, d) of the readable studies and their record indices."""
     model.eval()
     embeddings, indices = [], []
@@ -136,8 +134,8 @@ def evaluate_model(
 
     # 2. Image embeddings for the nearest-image baseline.
     train_loader = DataLoader(StudyDataset(train_records, processor), batch_size=batch_size, collate_fn=collator)
-    train_embeds, train_indices = study_embeddings(model, train_loader, len(train_records))
-    query_embeds, query_indices = study_embeddings(model, loader, len(records))
+    train_embeds, train_indices = study_embeddings(model, train_loader)
+    query_embeds, query_indices = study_embeddings(model, loader)
     nearest_inputs = None
     if len(train_indices) and len(query_indices) == len(records):
         nearest_inputs = {

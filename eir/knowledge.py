@@ -1,8 +1,8 @@
 """Findings of training reports for the knowledge graph, and the retrieval bank built from them.
 
 Each training report contributes up to `max_entities_per_report` findings. A finding is one
-sentence of the report that mentions a general chest node (by the keywords below); it is linked
-to the most specific node it mentions. This keyword matcher stands in for the entity extractor
+sentence of the report that mentions a general chest node (by the keywords below), and it is
+linked to the most specific node it mentions. This keyword matcher stands in for the entity extractor
 of DCL (Li et al., CVPR 2023), which used RadGraph.
 
 NOTE: keyword matching sees no negation scope: "No pleural effusion." becomes a finding linked to

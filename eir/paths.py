@@ -11,7 +11,7 @@ DATA_DIR_ENV = "EIR_DATA_DIR"
 def default_data_dir() -> Path:
     """Return the data root: `$EIR_DATA_DIR`, else `../shared/data` beside the checkout or the working directory.
 
-    The data root holds one folder per dataset (`openi/`, `covid-chestxray/`, ...).
+    The data root contains one folder per dataset (`openi/`, `covid-chestxray/`, ...).
     """
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:

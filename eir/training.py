@@ -26,7 +26,7 @@ from transformers import GenerationConfig, get_cosine_schedule_with_warmup
 
 from configuration_eir import EIRConfig
 from modeling_eir import EIRForReportGeneration
-from processing_eir import EIRImageProcessor, EIRProcessor, train_eir_tokenizer
+from processing_eir import EIRImageProcessor, EIRProcessor, patient_group_id, train_eir_tokenizer
 
 from .backbones import freeze_backbone, load_backbone_weights
 from .data import load_study_dataset
@@ -135,8 +135,6 @@ def refresh_retrieval_bank(
 
 
 def _group_ids(records: list[dict[str, Any]], indices: torch.Tensor) -> torch.Tensor:
-    from processing_eir import patient_group_id
-
     return torch.tensor([patient_group_id(records[int(i)]["patient_id"]) for i in indices], dtype=torch.long)
 
 
@@ -178,7 +176,7 @@ def prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Non
         return
     if not overwrite:
         raise FileExistsError(
-            f"{output_dir} already holds checkpoints of an earlier run. Pass --resume-from latest to continue it, "
+            f"{output_dir} already contains checkpoints of an earlier run. Pass --resume-from latest to continue it, "
             "--overwrite to replace it, or another --output-dir."
         )
     shutil.rmtree(checkpoints)
@@ -283,7 +281,7 @@ def train(
     if settings.freeze_backbone:
         freeze_backbone(backbone)
 
-    # Studies without a readable image are dropped before batching, so that every process sees
+    # Studies without a readable image are dropped before batching, so that every process gets
     # full batches (collective operations under DDP need equal batch sizes on all processes).
     train_dataset = StudyDataset(train_records, processor, cache_images=settings.cache_images)
     validation_dataset = StudyDataset(validation_records, processor, cache_images=settings.cache_images)

@@ -147,7 +147,7 @@ def test_two_cpu_processes_with_accelerate_launch(tmp_path, data_root):
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["num_processes"] == 2
-    # The cosine schedule ends near 0 after the last step; a schedule stepped twice per optimizer
+    # The cosine schedule ends near 0 after the last step. A schedule stepped twice per optimizer
     # step would have passed 0 halfway and climbed back to the peak learning rate.
     assert summary["history"][-1]["learning_rate"] < 0.1 * summary["settings"]["learning_rate"]
     model = EIRForReportGeneration.from_pretrained(tmp_path / "model")
